@@ -1,0 +1,1083 @@
+"""
+Move Hetzner Cloud floating IPs and private-network alias IPs between servers.
+
+This is what keepalived's ``notify_master`` hook of the ``hcloud_lb`` formula
+calls (``salt-call --local hcloud_ip.failover``) to bring the load balancer's
+addresses to the node that just became master, and what the formula's
+``hcloud_ip`` states build on.
+
+Every API call goes through the official ``hcloud`` Python library.
+
+:depends: hcloud (hcloud-python) >= 2.0
+
+Options, read with ``config.get`` (minion config, grains or pillar):
+
+.. code-block:: yaml
+
+    hcloud:
+      token: <API token>                      # required, read/write scope
+      api_endpoint: https://api.hetzner.cloud/v1
+      metadata_endpoint: http://169.254.169.254/hetzner/v1/metadata
+      server: lb-master                       # optional name or ID of this node's server
+      request_timeout: 5                      # seconds, every API request
+      failover:                               # what hcloud_ip.failover moves here
+        deadline: 30                          # seconds for the whole failover
+        floating_ips: [lb-http, 2001:db8:1::1]
+        alias_ips:
+          lb-private: [10.0.1.1]
+
+A floating IP is named by its name, its ID or its address (for an IPv6
+floating IP any address in its /64). A server or network by its name or ID.
+"""
+
+import concurrent.futures
+import hashlib
+import ipaddress
+import logging
+import random
+import threading
+import time
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+try:
+    import hcloud
+    import requests
+    from hcloud import APIException
+    from hcloud.locations import Location
+    from hcloud.networks import Network
+    from hcloud.servers import Server
+
+    HAS_HCLOUD = True
+except ImportError:
+    HAS_HCLOUD = False
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "hcloud_ip"
+__func_alias__ = {"list_": "list"}
+
+DEFAULT_API_ENDPOINT = "https://api.hetzner.cloud/v1"
+DEFAULT_METADATA_ENDPOINT = "http://169.254.169.254/hetzner/v1/metadata"
+DEFAULT_REQUEST_TIMEOUT = 5.0
+DEFAULT_DEADLINE = 30.0
+# The metadata service answers in milliseconds on Hetzner; off Hetzner the
+# address may black-hole, so give up quickly and fall back to the minion id.
+METADATA_TIMEOUT = 1.0
+# More parallel requests than this gain nothing (actions run server-side) and
+# would overflow requests' default connection pool.
+MAX_PARALLEL_REQUESTS = 8
+EVENT_TAG = "hcloud_lb/failover"
+EVENT_WAIT = 1.0
+
+# Error codes worth another try: the API is busy, the resource is locked by a
+# running action, or the rate limit is exhausted. Anything else (unauthorized,
+# not_found, invalid_input, forbidden...) will not get better by retrying.
+TRANSIENT_ERROR_CODES = {
+    "locked",
+    "conflict",
+    "rate_limit_exceeded",
+    "service_error",
+    "server_error",
+    "timeout",
+    "bad_gateway",
+    "maintenance",
+    "unavailable",
+    "resource_unavailable",
+}
+
+
+def __virtual__():
+    if not HAS_HCLOUD:
+        return (False, "the hcloud Python library is not installed (pip install hcloud)")
+    return __virtualname__
+
+
+# --------------------------------------------------------------------------
+# Options and the API client
+# --------------------------------------------------------------------------
+
+
+def _option(key, default=None):
+    value = __salt__["config.get"](f"hcloud:{key}", None)
+    return default if value in (None, "") else value
+
+
+def _token():
+    token = _option("token")
+    if not token:
+        raise CommandExecutionError(
+            "hcloud:token is not set: put a Hetzner Cloud API token (read/write) "
+            "under hcloud:token in pillar or the minion config"
+        )
+    return str(token).strip()
+
+
+def _request_timeout():
+    return _positive_float(_option("request_timeout", DEFAULT_REQUEST_TIMEOUT), "request_timeout")
+
+
+def _positive_float(value, name):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if number <= 0:
+        raise SaltInvocationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+class _ApiTrace(threading.local):
+    """What the last API response on this thread said besides its body."""
+
+    correlation_id = None
+    rate_limit = None  # (limit, remaining, reset) from the RateLimit-* headers
+
+
+_TRACE = _ApiTrace()
+
+
+def _trace_response(response, *args, **kwargs):
+    """requests response hook: remember and log what hcloud's exceptions do not carry."""
+    headers = response.headers
+    _TRACE.correlation_id = headers.get("X-Correlation-Id")
+    try:
+        _TRACE.rate_limit = (
+            int(headers["RateLimit-Limit"]),
+            int(headers["RateLimit-Remaining"]),
+            int(headers["RateLimit-Reset"]),
+        )
+    except (KeyError, ValueError):
+        _TRACE.rate_limit = None
+    request = response.request
+    log.debug(
+        "hcloud API %s %s -> %s in %.3fs (correlation id %s)",
+        request.method,
+        request.path_url,
+        response.status_code,
+        response.elapsed.total_seconds(),
+        _TRACE.correlation_id,
+    )
+
+
+def _instrument(client):
+    """
+    Take over retries and observe responses.
+
+    hcloud-python retries some errors itself for up to minutes, which would
+    blow a failover's deadline; our own loop retries within it instead. Both
+    knobs are private attributes, so a library without them keeps working,
+    just without the response trace.
+    """
+    base = getattr(client, "_client", None)
+    if hasattr(base, "_retry_max_retries"):
+        base._retry_max_retries = 0
+    session = getattr(base, "_session", None)
+    if session is not None:
+        session.hooks["response"].append(_trace_response)
+
+
+def _client():
+    """The hcloud client for the configured endpoint and token, cached in __context__."""
+    token = _token()
+    endpoint = _option("api_endpoint", DEFAULT_API_ENDPOINT)
+    timeout = _request_timeout()
+    # The cache key proves the token is the same without keeping it in clear.
+    fingerprint = hashlib.sha256(f"{endpoint}\0{token}\0{timeout}".encode()).hexdigest()
+    cached = __context__.get("hcloud_ip.client")
+    if cached and cached[0] == fingerprint:
+        return cached[1]
+    client = hcloud.Client(
+        token=token,
+        api_endpoint=endpoint,
+        application_name="salt-hcloud_ip",
+        timeout=timeout,
+    )
+    _instrument(client)
+    __context__["hcloud_ip.client"] = (fingerprint, client)
+    __context__.pop("hcloud_ip.whoami", None)
+    return client
+
+
+def _api_error(exc, doing):
+    """One line for an expected failure, naming what we were doing."""
+    if isinstance(exc, APIException):
+        if exc.code == "unauthorized":
+            return (
+                f"{doing}: the API refused the token (unauthorized, correlation id "
+                f"{exc.correlation_id}): check hcloud:token"
+            )
+        return f"{doing}: {exc.message} ({exc.code}, correlation id {exc.correlation_id})"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"{doing}: the API did not answer in time ({exc.__class__.__name__})"
+    if isinstance(exc, requests.exceptions.RequestException):
+        return f"{doing}: cannot reach the API ({exc.__class__.__name__})"
+    return f"{doing}: {exc}"
+
+
+def _is_transient(exc):
+    if isinstance(exc, APIException):
+        if isinstance(exc.code, int):
+            return exc.code >= 500 or exc.code in (409, 423, 429)
+        return exc.code in TRANSIENT_ERROR_CODES
+    return isinstance(exc, (requests.exceptions.RequestException, _ActionFailed))
+
+
+class _Clock:
+    def __init__(self, deadline):
+        self.deadline = deadline
+        self.start = time.monotonic()
+
+    def elapsed(self):
+        return time.monotonic() - self.start
+
+    def remaining(self):
+        return self.deadline - self.elapsed()
+
+
+def _backoff(attempt, clock):
+    """
+    Full-jitter exponential backoff, never past the deadline, and never before
+    the rate limit gives us a request again.
+    """
+    delay = random.uniform(0.05, min(3.0, 0.2 * 2**attempt))  # noqa: S311 (jitter, not crypto)
+    if _TRACE.rate_limit:
+        limit, remaining, reset = _TRACE.rate_limit
+        if remaining <= 0 and limit > 0:
+            # The bucket refills evenly until Reset: one request's worth is this far off.
+            delay = max(delay, (reset - time.time()) / limit)
+    time.sleep(max(0.0, min(delay, clock.remaining())))
+
+
+def _retry(doing, func, clock=None):
+    """
+    Run one API read; with a clock, retry transient failures until its deadline.
+
+    Expected failures end as a one-line CommandExecutionError.
+    """
+    attempt = 0
+    while True:
+        try:
+            return func()
+        except (hcloud.HCloudException, requests.exceptions.RequestException) as exc:
+            if clock is None or not _is_transient(exc) or clock.remaining() <= 0:
+                raise CommandExecutionError(_api_error(exc, doing)) from None
+            log.info("hcloud_ip: t+%.2fs %s", clock.elapsed(), _api_error(exc, doing))
+        _backoff(attempt, clock)
+        attempt += 1
+
+
+# --------------------------------------------------------------------------
+# Looking things up
+# --------------------------------------------------------------------------
+
+
+def _by_name_or_id(resource_client, ref, kind):
+    ref = str(ref).strip()
+    if ref.isdigit():
+        try:
+            return resource_client.get_by_id(int(ref))
+        except APIException as exc:
+            if exc.code != "not_found":
+                raise
+    found = resource_client.get_by_name(ref)
+    if found is None:
+        raise CommandExecutionError(f"{kind} {ref!r} not found (looked up by name and ID)")
+    return found
+
+
+def _floating_ip_matches(fip, ref):
+    if ref in (str(fip.id), fip.name, fip.ip):
+        return True
+    try:
+        address = ipaddress.ip_address(ref)
+    except ValueError:
+        return False
+    # An IPv6 floating IP is a /64; any address in it names it.
+    return address in ipaddress.ip_network(fip.ip, strict=False)
+
+
+def _find_floating_ip(floating_ips, ref):
+    ref = str(ref).strip()
+    for fip in floating_ips:
+        if _floating_ip_matches(fip, ref):
+            return fip
+    raise CommandExecutionError(
+        f"floating IP {ref!r} not found (looked up by name, ID and address)"
+    )
+
+
+def _metadata_instance_id():
+    endpoint = _option("metadata_endpoint", DEFAULT_METADATA_ENDPOINT).rstrip("/")
+    try:
+        response = requests.get(f"{endpoint}/instance-id", timeout=METADATA_TIMEOUT)
+        response.raise_for_status()
+        return int(response.text.strip())
+    except (requests.exceptions.RequestException, ValueError) as exc:
+        log.debug("hcloud_ip: metadata service gave no instance-id: %s", exc)
+        return None
+
+
+def _identify_this_server(client):
+    """hcloud:server, else the metadata service's instance-id, else the minion id."""
+    configured = _option("server")
+    if configured is not None:
+        return _by_name_or_id(client.servers, configured, "server (hcloud:server)"), "hcloud:server"
+    instance_id = _metadata_instance_id()
+    if instance_id is not None:
+        try:
+            return client.servers.get_by_id(instance_id), "metadata instance-id"
+        except APIException as exc:
+            if exc.code != "not_found":
+                raise
+            log.warning("hcloud_ip: metadata instance-id %s is not in this project", instance_id)
+    minion_id = __opts__.get("id")
+    server = client.servers.get_by_name(minion_id) if minion_id else None
+    if server is None:
+        raise CommandExecutionError(
+            "cannot tell which server this node is: set hcloud:server, or run on a Hetzner "
+            f"Cloud server of this project, or name the server like the minion ({minion_id!r})"
+        )
+    return server, "minion id"
+
+
+def _this_server(client, clock=None):
+    cached = __context__.get("hcloud_ip.whoami")
+    if cached is None:
+        server, source = _retry(
+            "finding this node's server", lambda: _identify_this_server(client), clock
+        )
+        cached = __context__["hcloud_ip.whoami"] = (server, source)
+    return cached
+
+
+def _target_server(client, server, clock=None):
+    if server is None:
+        return _this_server(client, clock)[0]
+    return _retry(
+        "looking up the server", lambda: _by_name_or_id(client.servers, server, "server"), clock
+    )
+
+
+def _split(values):
+    """Accept a list or a comma-separated string from the command line."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = values.split(",")
+    return [str(value).strip() for value in values if str(value).strip()]
+
+
+# --------------------------------------------------------------------------
+# Describing
+# --------------------------------------------------------------------------
+
+
+def _server_ref(server, names):
+    if server is None:
+        return None
+    return {"id": server.id, "name": names.get(server.id)}
+
+
+def _describe_floating_ip(fip, names):
+    return {
+        "id": fip.id,
+        "name": fip.name,
+        "ip": fip.ip,
+        "type": fip.type,
+        "server": _server_ref(fip.server, names),
+        "home_location": fip.home_location.name if fip.home_location else None,
+        "description": fip.description,
+        "labels": dict(fip.labels or {}),
+        "blocked": fip.blocked,
+        "delete_protection": bool((fip.protection or {}).get("delete")),
+    }
+
+
+def _server_names(client):
+    return {server.id: server.name for server in client.servers.get_all()}
+
+
+def _describe_server(server):
+    return {
+        "id": server.id,
+        "name": server.name,
+        "public_ipv4": server.public_net.ipv4.ip if server.public_net.ipv4 else None,
+        "private_networks": {
+            private.network.id: {"ip": private.ip, "alias_ips": sorted(private.alias_ips or [])}
+            for private in server.private_net or []
+        },
+    }
+
+
+def whoami():
+    """
+    Tell which Hetzner Cloud server this node is, and how that was found:
+    hcloud:server, else the metadata service's instance-id, else the server
+    named like the minion id.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.whoami
+    """
+    server, source = _this_server(_client())
+    return {**_describe_server(server), "found_by": source}
+
+
+def server_info(server=None):
+    """
+    Describe a server by name or ID (default: this node's): ID, name, public
+    IPv4, and per attached network ID its IP and alias IPs.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.server_info lb-backup
+    """
+    return _describe_server(_target_server(_client(), server))
+
+
+def list_():
+    """
+    List the project's floating IPs with their current server.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.list
+    """
+    client = _client()
+    fips = _retry("listing floating IPs", client.floating_ips.get_all)
+    names = _retry("listing servers", lambda: _server_names(client))
+    return {fip.name: _describe_floating_ip(fip, names) for fip in fips}
+
+
+def describe(ip):
+    """
+    Describe one floating IP, named by its name, ID or address.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.describe lb-http
+        salt-call hcloud_ip.describe 2001:db8:1::1
+    """
+    client = _client()
+    fips = _retry("listing floating IPs", client.floating_ips.get_all)
+    fip = _find_floating_ip(fips, ip)
+    names = _retry("listing servers", lambda: _server_names(client))
+    return _describe_floating_ip(fip, names)
+
+
+def network_aliases(network):
+    """
+    Show the alias IPs of every server attached to a private network.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.network_aliases lb-private
+    """
+    client = _client()
+    net = _retry(
+        "looking up the network", lambda: _by_name_or_id(client.networks, network, "network")
+    )
+    servers = _retry("listing servers", client.servers.get_all)
+    return {
+        server.name: sorted(private.alias_ips or [])
+        for server in servers
+        for private in server.private_net or []
+        if private.network.id == net.id
+    }
+
+
+def create(name, type="ipv4", home_location=None, description=None, labels=None):
+    """
+    Create a floating IP, like ``hcloud floating-ip create``.
+
+    name
+        Name of the new floating IP (unique in the project).
+    type
+        ``ipv4`` or ``ipv6`` (a /64).
+    home_location
+        Location it is routed from best (e.g. nbg1, fsn1, hel1); required.
+    description, labels
+        Optional free text and a mapping of labels.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.create lb-http home_location=nbg1 labels='{lb: main}'
+    """
+    if type not in ("ipv4", "ipv6"):
+        raise SaltInvocationError(f"type must be ipv4 or ipv6, got {type!r}")
+    if not home_location:
+        raise SaltInvocationError(f"home_location is required to create floating IP {name!r}")
+    if labels is not None and not isinstance(labels, dict):
+        raise SaltInvocationError("labels must be a mapping of label names to values")
+    client = _client()
+    response = _retry(
+        f"creating floating IP {name}",
+        lambda: client.floating_ips.create(
+            type=type,
+            name=name,
+            home_location=Location(name=home_location),
+            description=description,
+            labels=labels,
+        ),
+    )
+    return _describe_floating_ip(response.floating_ip, {})
+
+
+def update(ip, description=None, labels=None):
+    """
+    Change a floating IP's description and/or labels (labels are replaced).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.update lb-http description="public web"
+    """
+    if labels is not None and not isinstance(labels, dict):
+        raise SaltInvocationError("labels must be a mapping of label names to values")
+    client = _client()
+    fip = _find_floating_ip(_retry("listing floating IPs", client.floating_ips.get_all), ip)
+    updated = _retry(
+        f"updating floating IP {fip.name}",
+        lambda: client.floating_ips.update(fip, description=description, labels=labels),
+    )
+    return _describe_floating_ip(updated, {})
+
+
+# --------------------------------------------------------------------------
+# Converging: move addresses until the API confirms they are where we want
+# --------------------------------------------------------------------------
+
+
+class _ActionFailed(Exception):
+    """An action the API accepted ended in status error; worth another round."""
+
+
+class _Snapshot:
+    """One read of the project's floating IPs and servers, taken each round."""
+
+    def __init__(self, client):
+        self.floating_ips = client.floating_ips.get_all()
+        self.servers = client.servers.get_all()
+        self.names = {server.id: server.name for server in self.servers}
+
+    def floating_ip_holder(self, fip_id):
+        for fip in self.floating_ips:
+            if fip.id == fip_id:
+                return fip.server.id if fip.server else None
+        raise CommandExecutionError(f"floating IP {fip_id} disappeared")
+
+    def aliases(self, server_id, network_id):
+        """The server's alias IPs in the network, or None if it is not attached."""
+        for server in self.servers:
+            if server.id == server_id:
+                private = server.private_net_for(Network(id=network_id))
+                return list(private.alias_ips or []) if private else None
+        return None
+
+    def alias_holders(self, network_id, ips):
+        """{server_id: all its aliases} for the servers holding any of ips in the network."""
+        holders = {}
+        for server in self.servers:
+            aliases = self.aliases(server.id, network_id) or []
+            if set(aliases) & set(ips):
+                holders[server.id] = aliases
+        return holders
+
+    def server_ref(self, server_id):
+        if server_id is None:
+            return None
+        return {"id": server_id, "name": self.names.get(server_id)}
+
+
+class _FloatingIPGoal:
+    """A floating IP that must end up on target (or on no server, if target is None)."""
+
+    kind = "floating_ip"
+
+    def __init__(self, ref, target):
+        self.ref = ref
+        self.target_id = target.id if target else None
+        self.target_name = target.name if target else None
+        self.fip = None
+        self.initial_holder = None
+        self.moved = False
+
+    @property
+    def label(self):
+        return f"{self.fip.name} ({self.fip.ip})" if self.fip else str(self.ref)
+
+    def resolve(self, snapshot, client):
+        self.fip = _find_floating_ip(snapshot.floating_ips, self.ref)
+        self.initial_holder = snapshot.floating_ip_holder(self.fip.id)
+
+    def steps(self, snapshot, client):
+        if snapshot.floating_ip_holder(self.fip.id) == self.target_id:
+            return []
+        if self.target_id is None:
+            return [(f"unassign {self.label}", lambda: client.floating_ips.unassign(self.fip))]
+        target = Server(id=self.target_id)
+        return [
+            (
+                f"assign {self.label} to {self.target_name}",
+                lambda: client.floating_ips.assign(self.fip, target),
+            )
+        ]
+
+    def outcome(self, snapshot):
+        if self.fip is None:
+            return {"ip": str(self.ref)}
+        return {
+            "ip": self.fip.ip,
+            "from": snapshot.server_ref(self.initial_holder),
+            "to": snapshot.server_ref(snapshot.floating_ip_holder(self.fip.id)),
+        }
+
+
+class _AliasGoal:
+    """Alias IPs in a network that must end up on target, taken from any other holder first."""
+
+    kind = "alias_ip"
+
+    def __init__(self, network_ref, ips, target):
+        self.network_ref = network_ref
+        self.ips = ips
+        self.target_id = target.id
+        self.target_name = target.name
+        self.network = None
+        self.initial = None
+        self.moved = False
+
+    @property
+    def label(self):
+        name = self.network.name if self.network else self.network_ref
+        return f"{', '.join(self.ips)} in {name}"
+
+    def resolve(self, snapshot, client):
+        self.network = _by_name_or_id(client.networks, self.network_ref, "network")
+        for ip in self.ips:
+            _validate_alias_ip(ip, self.network)
+        if snapshot.aliases(self.target_id, self.network.id) is None:
+            raise CommandExecutionError(
+                f"server {self.target_name} is not attached to network {self.network.name}"
+            )
+        self.initial = self._holders(snapshot)
+
+    def _holders(self, snapshot):
+        """{ip: name of the server holding it} for our IPs."""
+        return {
+            ip: snapshot.names.get(server_id)
+            for server_id, aliases in snapshot.alias_holders(self.network.id, self.ips).items()
+            for ip in aliases
+            if ip in self.ips
+        }
+
+    def steps(self, snapshot, client):
+        holders = snapshot.alias_holders(self.network.id, self.ips)
+        others = {sid: aliases for sid, aliases in holders.items() if sid != self.target_id}
+        if others:
+            # The API refuses an alias IP that another server in the network holds,
+            # so the others let go first and we claim in the next round.
+            return [
+                (
+                    f"release {self.label} from {snapshot.names.get(server_id)}",
+                    self._change(client, server_id, [ip for ip in aliases if ip not in self.ips]),
+                )
+                for server_id, aliases in others.items()
+            ]
+        mine = snapshot.aliases(self.target_id, self.network.id) or []
+        missing = [ip for ip in self.ips if ip not in mine]
+        if not missing:
+            return []
+        return [
+            (
+                f"claim {self.label} on {self.target_name}",
+                self._change(client, self.target_id, mine + missing),
+            )
+        ]
+
+    def _change(self, client, server_id, alias_ips):
+        server = Server(id=server_id)
+        return lambda: client.servers.change_alias_ips(server, self.network, alias_ips)
+
+    def outcome(self, snapshot):
+        if self.network is None:
+            return {"network": str(self.network_ref)}
+        return {"network": self.network.name, "from": self.initial, "to": self._holders(snapshot)}
+
+
+def _validate_alias_ip(ip, network):
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        raise CommandExecutionError(f"alias IP {ip!r} is not an IP address") from None
+    if address not in ipaddress.ip_network(network.ip_range):
+        raise CommandExecutionError(
+            f"alias IP {ip} is outside network {network.name} ({network.ip_range})"
+        )
+
+
+def _run_steps(steps, clock):
+    """Send every step's request at once; return the started actions and the errors."""
+    actions, errors = [], []
+    with concurrent.futures.ThreadPoolExecutor(min(len(steps), MAX_PARALLEL_REQUESTS)) as pool:
+        futures = {pool.submit(step): (goal, what) for goal, what, step in steps}
+        for future in concurrent.futures.as_completed(futures):
+            goal, what = futures[future]
+            try:
+                action = future.result()
+            except (hcloud.HCloudException, requests.exceptions.RequestException) as exc:
+                log.warning("hcloud_ip: t+%.2fs %s", clock.elapsed(), _api_error(exc, what))
+                errors.append((goal, what, exc))
+                continue
+            log.info(
+                "hcloud_ip: t+%.2fs %s requested (action %s)", clock.elapsed(), what, action.id
+            )
+            actions.append((goal, what, action))
+    return actions, errors
+
+
+def _wait_for_actions(client, actions, clock):
+    """
+    Poll all running actions with one request per poll until they finish.
+
+    Returns (goal, what, _ActionFailed) for those that ended in error.
+    """
+    running = {action.id: (goal, what) for goal, what, action in actions}
+    failed = []
+    interval = 0.1
+    while running and clock.remaining() > 0:
+        time.sleep(min(interval, clock.remaining()))
+        interval = min(interval * 1.5, 1.0)
+        try:
+            page = client.request("GET", "/actions", params={"id": list(running), "per_page": 50})
+        except (hcloud.HCloudException, requests.exceptions.RequestException) as exc:
+            if not _is_transient(exc):
+                raise
+            log.info("hcloud_ip: t+%.2fs %s", clock.elapsed(), _api_error(exc, "polling actions"))
+            continue
+        for action in page.get("actions", []):
+            if action["status"] == "running" or action["id"] not in running:
+                continue
+            goal, what = running.pop(action["id"])
+            if action["status"] == "error":
+                error = (action.get("error") or {}).get("message", "unknown error")
+                exc = _ActionFailed(f"{what}: action {action['id']} failed: {error}")
+                log.warning("hcloud_ip: t+%.2fs %s", clock.elapsed(), exc)
+                failed.append((goal, what, exc))
+            else:
+                log.info(
+                    "hcloud_ip: t+%.2fs %s done (action %s)", clock.elapsed(), what, action["id"]
+                )
+    return failed
+
+
+def _converge(client, goals, clock):
+    """
+    Read, act, wait and re-read until every goal holds or the deadline passes.
+
+    Each round starts from a fresh read, so the verification of one round's
+    moves is the next round's read, and a move undone meanwhile (by the other
+    node) is noticed. Transient failures are retried after a jittered backoff;
+    permanent ones end that goal. Returns ({goal: error}, last snapshot).
+    """
+    snapshot = _retry("reading floating IPs and servers", lambda: _Snapshot(client), clock)
+    failures = _resolve_goals(client, goals, snapshot, clock)
+    attempt = 0
+    while steps := _pending_steps(client, goals, snapshot, failures):
+        if clock.remaining() <= 0:
+            for goal, what, _ in steps:
+                failures.setdefault(goal, f"{what}: not done within {clock.deadline:g}s")
+            break
+        if _act(client, steps, clock, failures):
+            _backoff(attempt, clock)
+            attempt += 1
+        try:
+            snapshot = _retry(
+                "re-reading floating IPs and servers", lambda: _Snapshot(client), clock
+            )
+        except CommandExecutionError as exc:
+            for goal, _, _ in _pending_steps(client, goals, snapshot, failures):
+                failures[goal] = str(exc)
+            break
+    log.info("hcloud_ip: t+%.2fs done, %d failure(s)", clock.elapsed(), len(failures))
+    return failures, snapshot
+
+
+def _resolve_goals(client, goals, snapshot, clock):
+    """Find what each goal names; returns {goal: error} for those that cannot be found."""
+    failures = {}
+    for goal in goals:
+        try:
+            _retry(f"resolving {goal.label}", lambda g=goal: g.resolve(snapshot, client), clock)
+        except CommandExecutionError as exc:
+            failures[goal] = str(exc)
+    return failures
+
+
+def _pending_steps(client, goals, snapshot, failures):
+    return [
+        (goal, what, step)
+        for goal in goals
+        if goal not in failures
+        for what, step in goal.steps(snapshot, client)
+    ]
+
+
+def _act(client, steps, clock, failures):
+    """Run one round of steps; permanent errors fail their goal. True if anything failed."""
+    for goal, _, _ in steps:
+        goal.moved = True
+    actions, errors = _run_steps(steps, clock)
+    errors += _wait_for_actions(client, actions, clock)
+    for goal, what, exc in errors:
+        if not _is_transient(exc):
+            failures[goal] = _api_error(exc, what)
+    return bool(errors)
+
+
+def _report(goal, failures, snapshot):
+    error = failures.get(goal)
+    entry = {"result": error is None, "moved": goal.moved and error is None}
+    entry.update(goal.outcome(snapshot))
+    if error:
+        entry["error"] = error
+    elif not goal.moved:
+        entry["comment"] = "already here"
+    return entry
+
+
+def _clock(deadline):
+    if deadline is None:
+        deadline = (_option("failover", {}) or {}).get("deadline", DEFAULT_DEADLINE)
+    return _Clock(_positive_float(deadline, "deadline"))
+
+
+# --------------------------------------------------------------------------
+# Moving
+# --------------------------------------------------------------------------
+
+
+def _move_one(ip, server, deadline, unassigning=False):
+    client = _client()
+    clock = _clock(deadline)
+    target = None if unassigning else _target_server(client, server, clock)
+    goal = _FloatingIPGoal(ip, target)
+    failures, snapshot = _converge(client, [goal], clock)
+    if goal in failures:
+        raise CommandExecutionError(failures[goal])
+    outcome = goal.outcome(snapshot)
+    return {
+        "name": goal.fip.name,
+        "ip": goal.fip.ip,
+        "changed": goal.moved,
+        "old": outcome["from"],
+        "new": outcome["to"],
+        "seconds": round(clock.elapsed(), 3),
+    }
+
+
+def assign(ip, server=None, deadline=None):
+    """
+    Assign a floating IP to a server (default: this node's), wait for the
+    action and verify it by reading the floating IP back.
+
+    ip
+        Name, ID or address of the floating IP.
+    server
+        Name or ID of the server; this node's server when omitted.
+    deadline
+        Seconds to keep retrying (default hcloud:failover:deadline, else 30).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.assign lb-http
+        salt-call hcloud_ip.assign 198.51.100.7 server=lb-backup
+    """
+    return _move_one(ip, server, deadline)
+
+
+def unassign(ip, deadline=None):
+    """
+    Unassign a floating IP from whatever server holds it, and verify.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.unassign lb-http
+    """
+    return _move_one(ip, None, deadline, unassigning=True)
+
+
+def alias_ips(network, ips=None, server=None, deadline=None):
+    """
+    Read or add alias IPs of a server (default: this node's) in a private network.
+
+    Without ``ips`` this returns the server's alias IPs in the network. With
+    ``ips`` (a list, or comma-separated) it first takes them away from any
+    other server of the network that holds them, then adds them to the
+    server's aliases, keeping its other aliases, and verifies the result.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.alias_ips lb-private
+        salt-call hcloud_ip.alias_ips lb-private ips=10.0.1.1,10.0.1.5 server=lb-backup
+    """
+    client = _client()
+    clock = _clock(deadline)
+    target = _target_server(client, server, clock)
+    wanted = _split(ips)
+    if not wanted:
+        return _read_alias_ips(client, network, target)
+    goal = _AliasGoal(network, wanted, target)
+    failures, snapshot = _converge(client, [goal], clock)
+    if goal in failures:
+        raise CommandExecutionError(failures[goal])
+    outcome = goal.outcome(snapshot)
+    return {
+        "server": target.name,
+        "network": outcome["network"],
+        "changed": goal.moved,
+        "old": outcome["from"],
+        "new": outcome["to"],
+        "alias_ips": sorted(snapshot.aliases(target.id, goal.network.id)),
+        "seconds": round(clock.elapsed(), 3),
+    }
+
+
+def _read_alias_ips(client, network, server):
+    net = _retry(
+        "looking up the network", lambda: _by_name_or_id(client.networks, network, "network")
+    )
+    private = server.private_net_for(net)
+    if private is None:
+        raise CommandExecutionError(f"server {server.name} is not attached to network {net.name}")
+    return {"server": server.name, "network": net.name, "alias_ips": sorted(private.alias_ips)}
+
+
+def _failover_goals(floating_ips, alias_ips, me):
+    settings = _option("failover", {}) or {}
+    fip_refs = _split(settings.get("floating_ips") if floating_ips is None else floating_ips)
+    alias_map = settings.get("alias_ips") if alias_ips is None else alias_ips
+    if not isinstance(alias_map or {}, dict):
+        raise SaltInvocationError(
+            "hcloud:failover:alias_ips must map a network name or ID to a list of IPs"
+        )
+    goals = [_FloatingIPGoal(ref, me) for ref in fip_refs]
+    goals += [_AliasGoal(net, _split(ips), me) for net, ips in (alias_map or {}).items()]
+    if not goals:
+        raise CommandExecutionError(
+            "nothing to fail over: set hcloud:failover:floating_ips "
+            "and/or hcloud:failover:alias_ips"
+        )
+    return goals
+
+
+def failover(floating_ips=None, alias_ips=None, deadline=None):
+    """
+    Bring every floating IP and alias IP configured for this node to this
+    node's server, all at once: what keepalived's notify_master hook runs.
+
+    What to move comes from ``hcloud:failover:floating_ips`` (a list) and
+    ``hcloud:failover:alias_ips`` (network -> list of IPs), which can live in
+    the minion config so no master is needed, or from the arguments.
+    Addresses already here are skipped. The moves are requested in parallel,
+    their actions awaited, and the result verified by reading the API again;
+    locked resources, rate limits, 5xx, timeouts and dropped connections are
+    retried with jittered backoff until ``deadline`` seconds
+    (hcloud:failover:deadline, default 30).
+
+    Returns each address's outcome; salt-call's retcode is 1 (shown with
+    ``--retcode-passthrough``) unless everything ended on this server. An
+    event tagged ``hcloud_lb/failover`` goes to the master through the local
+    salt-minion when one runs, without waiting for it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call --local --retcode-passthrough hcloud_ip.failover
+        salt-call hcloud_ip.failover floating_ips=lb-http,lb-ws
+    """
+    client = _client()
+    clock = _clock(deadline)
+    me = _this_server(client, clock)[0]
+    goals = _failover_goals(floating_ips, alias_ips, me)
+    log.info(
+        "hcloud_ip: t+%.2fs failover of %d goal(s) to %s", clock.elapsed(), len(goals), me.name
+    )
+    failures, snapshot = _converge(client, goals, clock)
+    report = {
+        "result": not failures,
+        "server": {"id": me.id, "name": me.name},
+        "seconds": round(clock.elapsed(), 3),
+        "floating_ips": {
+            g.label: _report(g, failures, snapshot) for g in goals if g.kind == "floating_ip"
+        },
+        "alias_ips": {
+            g.label: _report(g, failures, snapshot) for g in goals if g.kind == "alias_ip"
+        },
+    }
+    if failures:
+        __context__["retcode"] = 1
+    log.info(
+        "hcloud_ip: t+%.2fs failover to %s %s",
+        clock.elapsed(),
+        me.name,
+        "succeeded" if not failures else f"FAILED for {len(failures)} of {len(goals)}",
+    )
+    _send_event(report)
+    return report
+
+
+# --------------------------------------------------------------------------
+# Telling the master
+# --------------------------------------------------------------------------
+
+
+def _fire_through_local_minion(report):
+    import salt.utils.event  # noqa: PLC0415 (only needed when a failover ran)
+
+    with salt.utils.event.get_event(
+        "minion", opts=__opts__, sock_dir=__opts__["sock_dir"], listen=False
+    ) as event:
+        event.fire_event(
+            {"data": report, "tag": EVENT_TAG, "events": None, "pretag": None}, "fire_master"
+        )
+
+
+def _send_event(report):
+    """
+    Hand the report to the local salt-minion, which forwards it to the master
+    when connected. A failover must never wait on that: the master may be the
+    very thing that is down, so this gives up after EVENT_WAIT seconds.
+    """
+
+    def fire():
+        try:
+            _fire_through_local_minion(report)
+            log.debug("hcloud_ip: failover event handed to the local minion")
+        except Exception as exc:
+            log.debug("hcloud_ip: no failover event sent: %s", exc)
+
+    thread = threading.Thread(target=fire, name="hcloud_ip-event", daemon=True)
+    thread.start()
+    thread.join(EVENT_WAIT)

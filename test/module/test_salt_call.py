@@ -1,0 +1,389 @@
+"""
+hcloud_ip through the real `salt-call --local`, the real hcloud library and
+real HTTP against the emulator: what a user (or keepalived's hook) runs.
+"""
+
+import collections
+import socket
+
+import pytest
+
+pytestmark = pytest.mark.salt_call
+
+
+def closed_port_url():
+    """An http URL on loopback where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture
+def node(salt_node_factory, cloud):
+    """A node whose server is lb-master, with options pointing at the emulator."""
+    node = salt_node_factory("lb-master")
+    node.options = {
+        "token": cloud.token,
+        "api_endpoint": cloud.api_url,
+        "metadata_endpoint": cloud.metadata_url,
+    }
+    node.set_options(node.options)
+    return node
+
+
+@pytest.fixture
+def pair(cloud):
+    """The seeds' setup: lb-master and lb-backup, lb-http on lb-backup."""
+    master = cloud.create_server("lb-master")
+    backup = cloud.create_server("lb-backup")
+    fip = cloud.create_floating_ip("lb-http", server_id=backup["id"])
+    cloud.wait_idle()
+    return master, backup, fip
+
+
+def holder(cloud, fip_id):
+    fip = cloud.client().floating_ips.get_by_id(fip_id)
+    return fip.server.id if fip.server else None
+
+
+def assert_one_line_error(ret, *fragments):
+    """An expected failure: non-zero exit, a clear message, no traceback."""
+    output = ret.stdout + ret.stderr
+    assert ret.returncode != 0, output
+    assert "Traceback" not in output, output
+    for fragment in fragments:
+        assert fragment in output, output
+
+
+# ---------------------------------------------------------------- identity
+
+
+def test_whoami_uses_hcloud_server_by_name_and_by_id(node, pair):
+    _, backup, _ = pair
+    node.set_options({**node.options, "server": "lb-backup"})
+    ret = node.call("hcloud_ip.whoami")
+    assert ret.returncode == 0, ret.stderr
+    assert ret.data["name"] == "lb-backup"
+    assert ret.data["found_by"] == "hcloud:server"
+
+    node.set_options({**node.options, "server": str(backup["id"])})
+    assert node.call("hcloud_ip.whoami").data["id"] == backup["id"]
+
+
+def test_whoami_asks_the_metadata_service_before_the_minion_id(node, cloud, pair):
+    _, backup, _ = pair
+    cloud.map_metadata_source("127.0.0.1", backup["id"])
+    ret = node.call("hcloud_ip.whoami")
+    assert ret.data["name"] == "lb-backup"  # not lb-master, the minion id
+    assert ret.data["found_by"] == "metadata instance-id"
+
+
+def test_whoami_falls_back_to_the_minion_id_off_hetzner(node, pair):
+    node.set_options({**node.options, "metadata_endpoint": closed_port_url()})
+    ret = node.call("hcloud_ip.whoami")
+    assert ret.data["name"] == "lb-master"
+    assert ret.data["found_by"] == "minion id"
+
+
+def test_whoami_says_how_to_fix_an_unknown_server(salt_node_factory, cloud):
+    node = salt_node_factory("nobody")
+    node.set_options(
+        {
+            "token": cloud.token,
+            "api_endpoint": cloud.api_url,
+            "metadata_endpoint": closed_port_url(),
+        }
+    )
+    assert_one_line_error(node.call("hcloud_ip.whoami"), "set hcloud:server", "'nobody'")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_list_and_describe_by_name_id_and_address(node, cloud, pair):
+    _, backup, fip = pair
+    v6 = cloud.create_floating_ip("lb-v6", type="ipv6")
+    listed = node.call("hcloud_ip.list").data
+    assert set(listed) == {"lb-http", "lb-v6"}
+    assert listed["lb-http"]["server"] == {"id": backup["id"], "name": "lb-backup"}
+    assert listed["lb-v6"]["server"] is None
+
+    for ref in ("lb-http", str(fip["id"]), fip["ip"]):
+        assert node.call("hcloud_ip.describe", ref).data["id"] == fip["id"], ref
+    # Any address inside an IPv6 floating IP's /64 names it.
+    prefix = v6["ip"].split("/")[0]
+    assert node.call("hcloud_ip.describe", prefix + "1").data["name"] == "lb-v6"
+
+
+def test_an_unknown_ip_is_a_one_line_error(node, pair):
+    assert_one_line_error(
+        node.call("hcloud_ip.describe", "198.51.100.254"), "'198.51.100.254' not found"
+    )
+
+
+# ---------------------------------------------------------------- moving one
+
+
+def test_assign_moves_waits_and_verifies_then_is_idempotent(node, cloud, pair):
+    master, backup, fip = pair
+    ret = node.call("hcloud_ip.assign", "lb-http")
+    assert ret.returncode == 0, ret.stderr
+    assert ret.data["changed"] is True
+    assert ret.data["old"]["name"] == "lb-backup"
+    assert ret.data["new"]["name"] == "lb-master"
+    assert holder(cloud, fip["id"]) == master["id"]
+
+    again = node.call("hcloud_ip.assign", "lb-http")
+    assert again.data["changed"] is False
+    assert holder(cloud, fip["id"]) == master["id"]
+
+    back = node.call("hcloud_ip.assign", fip["ip"], "server=lb-backup")
+    assert back.data["new"]["name"] == "lb-backup"
+    assert holder(cloud, fip["id"]) == backup["id"]
+
+
+def test_unassign_leaves_the_ip_on_no_server(node, cloud, pair):
+    _, _, fip = pair
+    ret = node.call("hcloud_ip.unassign", "lb-http")
+    assert ret.data["changed"] is True
+    assert ret.data["new"] is None
+    assert holder(cloud, fip["id"]) is None
+
+
+def test_ipv6_floating_ip_moves_by_any_address_in_its_prefix(node, cloud, pair):
+    master, _, _ = pair
+    v6 = cloud.create_floating_ip("lb-v6", type="ipv6")
+    address = v6["ip"].split("/")[0] + "10"
+    ret = node.call("hcloud_ip.assign", address)
+    assert ret.returncode == 0, ret.stderr
+    assert holder(cloud, v6["id"]) == master["id"]
+
+
+# ---------------------------------------------------------------- alias IPs
+
+
+@pytest.fixture
+def private_net(cloud, pair):
+    master, backup, _ = pair
+    net = cloud.create_network("lb-private", ip_range="10.0.0.0/16", subnet="10.0.1.0/24")
+    cloud.attach_server(master["id"], net["id"], ip="10.0.1.2", alias_ips=["10.0.1.50"])
+    cloud.attach_server(backup["id"], net["id"], ip="10.0.1.3", alias_ips=["10.0.1.1", "10.0.1.60"])
+    cloud.wait_idle()
+    return net
+
+
+def aliases(cloud, server_id, network_id):
+    server = cloud.client().servers.get_by_id(server_id)
+    return next(sorted(p.alias_ips) for p in server.private_net if p.network.id == network_id)
+
+
+def test_alias_ips_reads_then_takes_the_ip_keeping_other_aliases(node, cloud, pair, private_net):
+    master, backup, _ = pair
+    read = node.call("hcloud_ip.alias_ips", "lb-private")
+    assert read.data["alias_ips"] == ["10.0.1.50"]
+
+    ret = node.call("hcloud_ip.alias_ips", "lb-private", "ips=10.0.1.1")
+    assert ret.returncode == 0, ret.stderr
+    assert ret.data["changed"] is True
+    assert ret.data["old"] == {"10.0.1.1": "lb-backup"}
+    assert ret.data["new"] == {"10.0.1.1": "lb-master"}
+    assert aliases(cloud, master["id"], private_net["id"]) == ["10.0.1.1", "10.0.1.50"]
+    assert aliases(cloud, backup["id"], private_net["id"]) == ["10.0.1.60"]
+
+    again = node.call("hcloud_ip.alias_ips", "lb-private", "ips=10.0.1.1")
+    assert again.data["changed"] is False
+
+
+def test_alias_ip_outside_the_network_is_refused_before_any_change(node, cloud, private_net):
+    cloud.clear_requests()
+    ret = node.call("hcloud_ip.alias_ips", "lb-private", "ips=192.0.2.1")
+    assert_one_line_error(ret, "192.0.2.1 is outside network lb-private")
+    assert not [r for r in cloud.requests() if r["method"] != "GET"]
+
+
+# ---------------------------------------------------------------- failover
+
+
+@pytest.fixture
+def many_ips(cloud, pair):
+    """16 floating IPs (two of them IPv6) on lb-backup, as after a failover to it."""
+    _, backup, _ = pair
+    fips = [cloud.create_floating_ip(f"web-{n}", server_id=backup["id"]) for n in range(14)]
+    fips += [
+        cloud.create_floating_ip(f"v6-{n}", type="ipv6", server_id=backup["id"]) for n in range(2)
+    ]
+    cloud.wait_idle()
+    return fips
+
+
+def test_failover_moves_many_ips_and_the_alias_at_once(node, cloud, pair, private_net, many_ips):
+    master, _, _ = pair
+    node.set_options(
+        {
+            **node.options,
+            "failover": {
+                "floating_ips": [f["name"] for f in many_ips],
+                "alias_ips": {"lb-private": ["10.0.1.1"]},
+            },
+        }
+    )
+    cloud.configure(action_duration=1.0)
+    cloud.clear_requests()
+    ret = node.call("hcloud_ip.failover")
+    made = cloud.requests()
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    report = ret.data
+    assert report["result"] is True
+    assert len(report["floating_ips"]) == 16
+    assert all(entry["moved"] for entry in report["floating_ips"].values())
+    for fip in many_ips:
+        assert holder(cloud, fip["id"]) == master["id"], fip["name"]
+    assert "10.0.1.1" in aliases(cloud, master["id"], private_net["id"])
+
+    # All at once: 16 one-second actions would take 16 s one after another.
+    assert report["seconds"] < 8
+    assigns = [r for r in made if r["path"].endswith("/actions/assign")]
+    assert len(assigns) == 16
+    # Bounded: one request per move plus a handful of reads and batched polls.
+    calls = collections.Counter(f"{r['method']} {r['path']}" for r in made)
+    assert len(made) < 16 + 2 + 30, calls
+
+
+def test_failover_skips_what_is_already_here(node, cloud, pair):
+    master, _, fip = pair
+    node.set_options({**node.options, "failover": {"floating_ips": ["lb-http"]}})
+    assert node.call("hcloud_ip.failover").data["result"] is True
+    cloud.clear_requests()
+    ret = node.call("hcloud_ip.failover")
+    assert ret.returncode == 0
+    assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["comment"] == "already here"
+    assert not [r for r in cloud.requests() if r["method"] == "POST"]
+    assert holder(cloud, fip["id"]) == master["id"]
+
+
+def test_failover_reports_an_unknown_ip_and_still_moves_the_rest(node, cloud, pair):
+    master, _, fip = pair
+    node.set_options({**node.options, "failover": {"floating_ips": ["lb-http", "lb-gone"]}})
+    ret = node.call("hcloud_ip.failover")
+    assert ret.returncode == 1
+    assert ret.data["result"] is False
+    assert "not found" in ret.data["floating_ips"]["lb-gone"]["error"]
+    assert holder(cloud, fip["id"]) == master["id"]
+
+
+def test_failover_without_a_list_says_where_to_put_one(node, pair):
+    assert_one_line_error(node.call("hcloud_ip.failover"), "hcloud:failover:floating_ips")
+
+
+# ---------------------------------------------------------------- faults
+
+
+@pytest.fixture
+def failover_node(node, pair):
+    node.set_options({**node.options, "failover": {"floating_ips": ["lb-http"], "deadline": 30}})
+    return node
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 423, "code": "locked", "message": "resource is locked"},
+        {"status": 409, "code": "conflict", "message": "conflict"},
+        {"status": 503, "code": "unavailable", "message": "service unavailable"},
+        {"status": 500, "code": "server_error", "message": "oops"},
+        {"drop": True},
+    ],
+    ids=["locked", "conflict", "503", "500", "dropped-connection"],
+)
+def test_failover_retries_transient_faults_on_assign(failover_node, cloud, pair, fault):
+    master, _, fip = pair
+    cloud.add_fault("/floating_ips/*/actions/assign", count=3, method="POST", **fault)
+    ret = failover_node.call("hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert holder(cloud, fip["id"]) == master["id"]
+    assigns = [r for r in cloud.requests() if r["path"].endswith("/actions/assign")]
+    assert len(assigns) == 4  # three faults, then the one that worked
+
+
+def test_failover_retries_faults_while_reading(failover_node, cloud, pair):
+    master, _, fip = pair
+    cloud.add_fault("/floating_ips", count=2, method="GET", status=502, code="bad_gateway")
+    cloud.add_fault("/actions", count=2, method="GET", drop=True)
+    ret = failover_node.call("hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert holder(cloud, fip["id"]) == master["id"]
+
+
+def test_failover_waits_out_the_rate_limit(failover_node, cloud, pair):
+    master, _, fip = pair
+    cloud.configure(rate_remaining=0)
+    ret = failover_node.call("hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert holder(cloud, fip["id"]) == master["id"]
+    assert any(r["status"] == 429 for r in cloud.requests())
+
+
+def test_failover_times_out_a_hanging_request_and_retries(failover_node, cloud, pair):
+    master, _, fip = pair
+    failover_node.set_options(
+        {**failover_node.options, "request_timeout": 1, "failover": {"floating_ips": ["lb-http"]}}
+    )
+    cloud.add_fault("/floating_ips/*/actions/assign", count=1, method="POST", latency=3)
+    ret = failover_node.call("hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert holder(cloud, fip["id"]) == master["id"]
+
+
+def test_failover_waits_for_slow_actions(failover_node, cloud, pair):
+    master, _, fip = pair
+    cloud.configure(action_duration=3.0)
+    ret = failover_node.call("hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert ret.data["seconds"] >= 3.0
+    assert holder(cloud, fip["id"]) == master["id"]
+
+
+def test_failover_reports_actions_that_keep_failing(failover_node, cloud, pair):
+    _, backup, fip = pair
+    cloud.configure(action_result="error")
+    ret = failover_node.call("hcloud_ip.failover", "deadline=3")
+    assert ret.returncode == 1
+    entry = ret.data["floating_ips"][f"lb-http ({fip['ip']})"]
+    assert entry["result"] is False
+    assert "within 3s" in entry["error"]
+    assert holder(cloud, fip["id"]) == backup["id"]
+
+
+def test_failover_with_the_api_down_past_the_deadline(failover_node):
+    failover_node.set_options(
+        {**failover_node.options, "api_endpoint": closed_port_url(), "server": "lb-master"}
+    )
+    ret = failover_node.call("hcloud_ip.failover", "deadline=2")
+    assert_one_line_error(ret, "cannot reach the API")
+
+
+def test_a_bad_token_is_a_one_line_error(failover_node):
+    failover_node.set_options({**failover_node.options, "token": "not-the-token"})
+    assert_one_line_error(failover_node.call("hcloud_ip.failover"), "refused the token")
+
+
+def test_a_missing_token_names_the_option(salt_node_factory, cloud):
+    node = salt_node_factory("lb-master")
+    node.set_options({"api_endpoint": cloud.api_url})
+    assert_one_line_error(node.call("hcloud_ip.list"), "hcloud:token is not set")
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_the_token_never_reaches_output_or_logs(failover_node, cloud, pair):
+    ret = failover_node.call("-l", "all", "hcloud_ip.failover")
+    assert ret.returncode == 0
+    log_file = failover_node.factory.config["log_file"]
+    with open(log_file, encoding="utf-8") as handle:
+        logged = handle.read()
+    assert "hcloud_ip: t+" in logged  # the phases are logged...
+    assert "correlation id" in logged  # ...with the API's correlation ids
+    for text in (ret.stdout, ret.stderr, logged):
+        assert cloud.token not in text

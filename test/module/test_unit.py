@@ -1,0 +1,268 @@
+"""
+Unit tests of hcloud_ip's decisions with Salt's loader mocks: no API, no
+network. The behaviour users meet is tested through salt-call in
+test_salt_call.py; these pin down the rules that are hard to provoke there.
+"""
+
+from types import SimpleNamespace
+from unittest.mock import MagicMock
+
+import pytest
+import requests
+from hcloud import APIException
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+from _modules import hcloud_ip
+from _states import hcloud_ip as hcloud_ip_state
+
+
+def config_getter(options):
+    def get(key, default=None):
+        node = {"hcloud": options}
+        for part in key.split(":"):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    return get
+
+
+@pytest.fixture
+def options():
+    return {"token": "secret-token", "api_endpoint": "http://127.0.0.1:9/v1"}
+
+
+@pytest.fixture
+def state_salt():
+    """The execution module as the state module sees it, mocked."""
+    return {
+        "hcloud_ip.list": MagicMock(),
+        "hcloud_ip.create": MagicMock(),
+        "hcloud_ip.update": MagicMock(),
+        "hcloud_ip.server_info": MagicMock(return_value={"id": 1, "name": "lb-master"}),
+        "hcloud_ip.describe": MagicMock(),
+        "hcloud_ip.assign": MagicMock(),
+    }
+
+
+@pytest.fixture
+def configure_loader_modules(options, state_salt):
+    return {
+        hcloud_ip: {
+            "__salt__": {"config.get": config_getter(options)},
+            "__opts__": {"id": "lb-master", "test": False},
+            "__context__": {},
+        },
+        hcloud_ip_state: {"__salt__": state_salt, "__opts__": {"test": False}},
+    }
+
+
+def fip(fip_id, name, ip, server_id=None):
+    return SimpleNamespace(
+        id=fip_id, name=name, ip=ip, server=SimpleNamespace(id=server_id) if server_id else None
+    )
+
+
+FIPS = [
+    fip(1, "lb-http", "198.51.100.7"),
+    fip(2, "lb-v6", "2001:db8:1:2::/64"),
+    fip(3, "12345", "198.51.100.8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("lb-http", 1),
+        ("1", 1),
+        ("198.51.100.7", 1),
+        ("2001:db8:1:2::/64", 2),
+        ("2001:db8:1:2::1", 2),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", 2),
+        ("12345", 3),  # a name that looks like an ID still finds its IP
+    ],
+)
+def test_a_floating_ip_is_found_by_name_id_or_any_address_it_covers(ref, expected):
+    assert hcloud_ip._find_floating_ip(FIPS, ref).id == expected
+
+
+@pytest.mark.parametrize("ref", ["2001:db8:1:3::1", "198.51.100.9", "lb-gone", "not an ip"])
+def test_an_address_outside_every_floating_ip_is_not_found(ref):
+    with pytest.raises(CommandExecutionError, match="not found"):
+        hcloud_ip._find_floating_ip(FIPS, ref)
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (APIException("locked", "locked", None), True),
+        (APIException("conflict", "conflict", None), True),
+        (APIException("rate_limit_exceeded", "slow down", None), True),
+        (APIException(503, "Service Unavailable", None), True),
+        (APIException(502, "Bad Gateway", None), True),
+        (requests.exceptions.ConnectionError(), True),
+        (requests.exceptions.ReadTimeout(), True),
+        (hcloud_ip._ActionFailed("action 3 failed"), True),
+        (APIException("unauthorized", "unable to authenticate", None), False),
+        (APIException("forbidden", "read-only token", None), False),
+        (APIException("not_found", "not found", None), False),
+        (APIException("invalid_input", "bad", None), False),
+        (APIException(404, "Not Found", None), False),
+    ],
+)
+def test_only_errors_that_can_heal_are_retried(exc, transient):
+    assert hcloud_ip._is_transient(exc) is transient
+
+
+def test_the_rate_limit_delays_a_retry_until_one_request_is_refilled(monkeypatch):
+    slept = []
+    monkeypatch.setattr(hcloud_ip.time, "sleep", slept.append)
+    monkeypatch.setattr(hcloud_ip.time, "time", lambda: 1000.0)
+    monkeypatch.setattr(hcloud_ip._TRACE, "rate_limit", (3600, 0, 1000 + 3600))
+    hcloud_ip._backoff(0, hcloud_ip._Clock(30))
+    assert slept[0] == pytest.approx(1.0, abs=0.01)
+
+
+def test_backoff_never_sleeps_past_the_deadline(monkeypatch):
+    slept = []
+    monkeypatch.setattr(hcloud_ip.time, "sleep", slept.append)
+    monkeypatch.setattr(hcloud_ip._TRACE, "rate_limit", (3600, 0, 10**12))
+    hcloud_ip._backoff(10, hcloud_ip._Clock(0.5))
+    assert slept[0] <= 0.5
+
+
+def test_backoff_is_jittered():
+    clock = hcloud_ip._Clock(30)
+    hcloud_ip._TRACE.rate_limit = None
+    delays = set()
+    for _ in range(20):
+        start = hcloud_ip.time.monotonic()
+        hcloud_ip._backoff(0, clock)
+        delays.add(round(hcloud_ip.time.monotonic() - start, 3))
+    assert len(delays) > 1
+
+
+def test_retry_gives_up_on_a_permanent_error_at_once():
+    calls = []
+
+    def refuse():
+        calls.append(1)
+        raise APIException("unauthorized", "unable to authenticate", None, correlation_id="c1")
+
+    with pytest.raises(CommandExecutionError, match=r"refused the token .*c1"):
+        hcloud_ip._retry("listing", refuse, hcloud_ip._Clock(30))
+    assert len(calls) == 1
+
+
+def test_retry_keeps_trying_a_transient_error_within_the_deadline():
+    results = iter([APIException("locked", "locked", None), requests.exceptions.ConnectionError()])
+
+    def flaky():
+        error = next(results, None)
+        if error:
+            raise error
+        return "ok"
+
+    assert hcloud_ip._retry("listing", flaky, hcloud_ip._Clock(30)) == "ok"
+
+
+def test_a_missing_token_names_the_option(options):
+    options.pop("token")
+    with pytest.raises(CommandExecutionError, match="hcloud:token is not set"):
+        hcloud_ip._client()
+
+
+def test_the_client_is_cached_per_token_and_rebuilt_when_it_changes(options):
+    first = hcloud_ip._client()
+    assert hcloud_ip._client() is first
+    options["token"] = "rotated-token"
+    assert hcloud_ip._client() is not first
+
+
+def test_the_cache_key_does_not_hold_the_token(options):
+    hcloud_ip._client()
+    fingerprint, _ = hcloud_ip.__context__["hcloud_ip.client"]
+    assert options["token"] not in fingerprint
+
+
+def test_the_library_does_not_retry_behind_our_deadline():
+    client = hcloud_ip._client()
+    assert client._client._retry_max_retries == 0
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon", None])
+def test_a_bad_deadline_is_refused(value):
+    with pytest.raises(SaltInvocationError, match="deadline must be a positive number"):
+        hcloud_ip._Clock(hcloud_ip._positive_float(value, "deadline"))
+
+
+def test_failover_refuses_alias_ips_that_are_not_a_mapping(options):
+    options["failover"] = {"alias_ips": ["10.0.1.1"]}
+    with pytest.raises(SaltInvocationError, match="hcloud:failover:alias_ips must map"):
+        hcloud_ip._failover_goals(None, None, SimpleNamespace(id=1, name="lb-master"))
+
+
+def test_split_accepts_lists_and_comma_separated_strings():
+    assert hcloud_ip._split("a, b,,c") == ["a", "b", "c"]
+    assert hcloud_ip._split(["a", 7]) == ["a", "7"]
+    assert hcloud_ip._split(None) == []
+
+
+# ---------------------------------------------------------------- the state module
+
+
+state = hcloud_ip_state
+
+
+EXISTING = {
+    "ip": "198.51.100.7",
+    "type": "ipv4",
+    "home_location": "nbg1",
+    "description": "web",
+    "labels": {"lb": "main"},
+}
+
+
+def test_present_refuses_to_change_what_the_api_cannot(state_salt):
+    state_salt["hcloud_ip.list"].return_value = {"lb-http": EXISTING}
+    ret = state.present("lb-http", type="ipv6", home_location="nbg1")
+    assert ret["result"] is False
+    assert "has type ipv4, not ipv6" in ret["comment"]
+    state_salt["hcloud_ip.update"].assert_not_called()
+
+
+def test_present_in_test_mode_changes_nothing(state_salt):
+    state.__opts__["test"] = True
+    state_salt["hcloud_ip.list"].return_value = {"lb-http": EXISTING}
+    ret = state.present("lb-http", home_location="nbg1", labels={"lb": "other"})
+    assert ret["result"] is None
+    assert ret["changes"] == {"labels": {"old": {"lb": "main"}, "new": {"lb": "other"}}}
+    state_salt["hcloud_ip.update"].assert_not_called()
+
+
+def test_present_reports_an_update_that_did_not_stick(state_salt):
+    state_salt["hcloud_ip.list"].return_value = {"lb-http": EXISTING}
+    ret = state.present("lb-http", description="changed")
+    assert ret["result"] is False
+    assert "still differs" in ret["comment"]
+
+
+def test_assigned_fails_when_the_recheck_disagrees(state_salt):
+    state_salt["hcloud_ip.describe"].return_value = {"server": {"id": 2, "name": "lb-backup"}}
+    ret = state.assigned("lb-http")
+    assert ret["result"] is False
+    assert "is on lb-backup after assigning it" in ret["comment"]
+
+
+def test_assigned_turns_module_errors_into_a_failed_state(state_salt):
+    state_salt["hcloud_ip.describe"].side_effect = CommandExecutionError(
+        "floating IP 'x' not found"
+    )
+    ret = state.assigned("x")
+    assert ret == {
+        "name": "x",
+        "result": False,
+        "changes": {},
+        "comment": "floating IP 'x' not found",
+    }
