@@ -34,6 +34,7 @@ import concurrent.futures
 import hashlib
 import ipaddress
 import logging
+import queue
 import random
 import threading
 import time
@@ -68,7 +69,14 @@ METADATA_TIMEOUT = 1.0
 # would overflow requests' default connection pool.
 MAX_PARALLEL_REQUESTS = 8
 EVENT_TAG = "hcloud_lb/failover"
+# A running minion answers on its local socket in milliseconds.
+EVENT_CONNECT_TIMEOUT = 0.25
 EVENT_WAIT = 1.0
+# Actions take 0.5-2 s: poll often at first, then ease off so a long wait
+# costs at most two requests a second however many actions are pending.
+POLL_FIRST = 0.1
+POLL_GROWTH = 1.25
+POLL_MAX = 0.5
 
 # Error codes worth another try: the API is busy, the resource is locked by a
 # running action, or the rate limit is exhausted. Anything else (unauthorized,
@@ -758,10 +766,10 @@ def _wait_for_actions(client, actions, clock):
     """
     running = {action.id: (goal, what) for goal, what, action in actions}
     failed = []
-    interval = 0.1
+    interval = POLL_FIRST
     while running and clock.remaining() > 0:
         time.sleep(min(interval, clock.remaining()))
-        interval = min(interval * 1.5, 1.0)
+        interval = min(interval * POLL_GROWTH, POLL_MAX)
         try:
             page = client.request("GET", "/actions", params={"id": list(running), "per_page": 50})
         except (hcloud.HCloudException, requests.exceptions.RequestException) as exc:
@@ -1019,13 +1027,31 @@ def failover(floating_ips=None, alias_ips=None, deadline=None):
     """
     client = _client()
     clock = _clock(deadline)
+    tell_master = _master_notifier()
+    report = None
+    try:
+        report = _fail_over(client, clock, floating_ips, alias_ips)
+    finally:
+        tell_master(report)
+    if not report["result"]:
+        __context__["retcode"] = 1
+    return report
+
+
+def _fail_over(client, clock, floating_ips, alias_ips):
     me = _this_server(client, clock)[0]
     goals = _failover_goals(floating_ips, alias_ips, me)
     log.info(
         "hcloud_ip: t+%.2fs failover of %d goal(s) to %s", clock.elapsed(), len(goals), me.name
     )
     failures, snapshot = _converge(client, goals, clock)
-    report = {
+    log.info(
+        "hcloud_ip: t+%.2fs failover to %s %s",
+        clock.elapsed(),
+        me.name,
+        "succeeded" if not failures else f"FAILED for {len(failures)} of {len(goals)}",
+    )
+    return {
         "result": not failures,
         "server": {"id": me.id, "name": me.name},
         "seconds": round(clock.elapsed(), 3),
@@ -1036,16 +1062,6 @@ def failover(floating_ips=None, alias_ips=None, deadline=None):
             g.label: _report(g, failures, snapshot) for g in goals if g.kind == "alias_ip"
         },
     }
-    if failures:
-        __context__["retcode"] = 1
-    log.info(
-        "hcloud_ip: t+%.2fs failover to %s %s",
-        clock.elapsed(),
-        me.name,
-        "succeeded" if not failures else f"FAILED for {len(failures)} of {len(goals)}",
-    )
-    _send_event(report)
-    return report
 
 
 # --------------------------------------------------------------------------
@@ -1053,31 +1069,43 @@ def failover(floating_ips=None, alias_ips=None, deadline=None):
 # --------------------------------------------------------------------------
 
 
-def _fire_through_local_minion(report):
-    import salt.utils.event  # noqa: PLC0415 (only needed when a failover ran)
-
-    with salt.utils.event.get_event(
-        "minion", opts=__opts__, sock_dir=__opts__["sock_dir"], listen=False
-    ) as event:
-        event.fire_event(
-            {"data": report, "tag": EVENT_TAG, "events": None, "pretag": None}, "fire_master"
-        )
-
-
-def _send_event(report):
+def _master_notifier():
     """
-    Hand the report to the local salt-minion, which forwards it to the master
-    when connected. A failover must never wait on that: the master may be the
-    very thing that is down, so this gives up after EVENT_WAIT seconds.
-    """
+    Start telling the master about a failover; returns send(report).
 
-    def fire():
+    The report goes to the local salt-minion, which forwards it to the master
+    when connected. Connecting to the minion takes a while when none runs
+    (salt-ssh nodes), so that happens in the background while the failover
+    works, and send() never waits longer than EVENT_WAIT: the master may be
+    the very thing that is down.
+    """
+    reports = queue.Queue(maxsize=1)
+
+    def run():
+        import salt.utils.event  # noqa: PLC0415 (only needed when a failover runs)
+
         try:
-            _fire_through_local_minion(report)
-            log.debug("hcloud_ip: failover event handed to the local minion")
-        except Exception as exc:
+            with salt.utils.event.get_event(
+                "minion", opts=__opts__, sock_dir=__opts__["sock_dir"], listen=False
+            ) as event:
+                if not event.connect_pull(timeout=EVENT_CONNECT_TIMEOUT):
+                    log.debug("hcloud_ip: no local salt-minion, no failover event sent")
+                    return
+                report = reports.get()
+                if report is None:  # the failover itself failed; its error says why
+                    return
+                payload = {"data": report, "tag": EVENT_TAG, "events": None, "pretag": None}
+                event.fire_event(payload, "fire_master")
+                log.debug("hcloud_ip: failover event handed to the local salt-minion")
+        except Exception as exc:  # telling the master is best effort, whatever goes wrong
             log.debug("hcloud_ip: no failover event sent: %s", exc)
 
-    thread = threading.Thread(target=fire, name="hcloud_ip-event", daemon=True)
+    thread = threading.Thread(target=run, name="hcloud_ip-event", daemon=True)
     thread.start()
-    thread.join(EVENT_WAIT)
+
+    def send(report):
+        if thread.is_alive():
+            reports.put(report)
+            thread.join(EVENT_WAIT)
+
+    return send
