@@ -738,21 +738,32 @@ def _validate_alias_ip(ip, network):
         )
 
 
+def _with_correlation_id(step):
+    """Run a step in a worker thread and bring back the correlation id it saw there."""
+    return step(), _TRACE.correlation_id
+
+
 def _run_steps(steps, clock):
     """Send every step's request at once; return the started actions and the errors."""
     actions, errors = [], []
     with concurrent.futures.ThreadPoolExecutor(min(len(steps), MAX_PARALLEL_REQUESTS)) as pool:
-        futures = {pool.submit(step): (goal, what) for goal, what, step in steps}
+        futures = {
+            pool.submit(_with_correlation_id, step): (goal, what) for goal, what, step in steps
+        }
         for future in concurrent.futures.as_completed(futures):
             goal, what = futures[future]
             try:
-                action = future.result()
+                action, correlation_id = future.result()
             except (hcloud.HCloudException, requests.exceptions.RequestException) as exc:
                 log.warning("hcloud_ip: t+%.2fs %s", clock.elapsed(), _api_error(exc, what))
                 errors.append((goal, what, exc))
                 continue
             log.info(
-                "hcloud_ip: t+%.2fs %s requested (action %s)", clock.elapsed(), what, action.id
+                "hcloud_ip: t+%.2fs %s requested (action %s, correlation id %s)",
+                clock.elapsed(),
+                what,
+                action.id,
+                correlation_id,
             )
             actions.append((goal, what, action))
     return actions, errors
