@@ -136,10 +136,18 @@ def _positive_float(value, name):
 
 
 class _ApiTrace(threading.local):
-    """What the last API response on this thread said besides its body."""
+    """The correlation id of the last API response on this thread."""
 
     correlation_id = None
-    rate_limit = None  # (limit, remaining, reset) from the RateLimit-* headers
+
+
+class _RateLimit:
+    """
+    (limit, remaining, reset) from the last response's RateLimit-* headers,
+    whichever thread got it: the budget is the project's, not the thread's.
+    """
+
+    last = None
 
 
 _TRACE = _ApiTrace()
@@ -150,13 +158,13 @@ def _trace_response(response, *args, **kwargs):
     headers = response.headers
     _TRACE.correlation_id = headers.get("X-Correlation-Id")
     try:
-        _TRACE.rate_limit = (
+        _RateLimit.last = (
             int(headers["RateLimit-Limit"]),
             int(headers["RateLimit-Remaining"]),
             int(headers["RateLimit-Reset"]),
         )
     except (KeyError, ValueError):
-        _TRACE.rate_limit = None
+        _RateLimit.last = None
     request = response.request
     log.debug(
         "hcloud API %s %s -> %s in %.3fs (correlation id %s)",
@@ -245,15 +253,18 @@ class _Clock:
 
 def _backoff(attempt, clock):
     """
-    Full-jitter exponential backoff, never past the deadline, and never before
-    the rate limit gives us a request again.
+    Full-jitter exponential backoff, never past the deadline. When the rate
+    limit is spent, wait for more refilled requests the longer it lasts: a
+    round needs a few requests in a row, and waiting for just one would let
+    each attempt spend it on its first request and fail on the second.
     """
     delay = random.uniform(0.05, min(3.0, 0.2 * 2**attempt))  # noqa: S311 (jitter, not crypto)
-    if _TRACE.rate_limit:
-        limit, remaining, reset = _TRACE.rate_limit
+    if _RateLimit.last:
+        limit, remaining, reset = _RateLimit.last
         if remaining <= 0 and limit > 0:
-            # The bucket refills evenly until Reset: one request's worth is this far off.
-            delay = max(delay, (reset - time.time()) / limit)
+            # The bucket refills evenly until Reset: one request's worth takes this long.
+            per_request = (reset - time.time()) / limit
+            delay = max(delay, per_request * (attempt + 1))
     time.sleep(max(0.0, min(delay, clock.remaining())))
 
 

@@ -115,26 +115,28 @@ def test_only_errors_that_can_heal_are_retried(exc, transient):
     assert hcloud_ip._is_transient(exc) is transient
 
 
-def test_the_rate_limit_delays_a_retry_until_one_request_is_refilled(monkeypatch):
+def test_a_spent_rate_limit_delays_retries_for_ever_more_refilled_requests(monkeypatch):
     slept = []
     monkeypatch.setattr(hcloud_ip.time, "sleep", slept.append)
     monkeypatch.setattr(hcloud_ip.time, "time", lambda: 1000.0)
-    monkeypatch.setattr(hcloud_ip._TRACE, "rate_limit", (3600, 0, 1000 + 3600))
-    hcloud_ip._backoff(0, hcloud_ip._Clock(30))
-    assert slept[0] == pytest.approx(1.0, abs=0.01)
+    # 3600 an hour, none left, full again in an hour: one request per second.
+    monkeypatch.setattr(hcloud_ip._RateLimit, "last", (3600, 0, 1000 + 3600))
+    for attempt in range(3):
+        hcloud_ip._backoff(attempt, hcloud_ip._Clock(30))
+    assert slept == pytest.approx([1.0, 2.0, 3.0], abs=0.01)
 
 
 def test_backoff_never_sleeps_past_the_deadline(monkeypatch):
     slept = []
     monkeypatch.setattr(hcloud_ip.time, "sleep", slept.append)
-    monkeypatch.setattr(hcloud_ip._TRACE, "rate_limit", (3600, 0, 10**12))
+    monkeypatch.setattr(hcloud_ip._RateLimit, "last", (3600, 0, 10**12))
     hcloud_ip._backoff(10, hcloud_ip._Clock(0.5))
     assert slept[0] <= 0.5
 
 
 def test_backoff_is_jittered():
     clock = hcloud_ip._Clock(30)
-    hcloud_ip._TRACE.rate_limit = None
+    hcloud_ip._RateLimit.last = None
     delays = set()
     for _ in range(20):
         start = hcloud_ip.time.monotonic()
