@@ -18,6 +18,16 @@ def pytest_configure(config):
         log_server.log_host = "127.0.0.1"
 
 
+def pytest_unconfigure(config):
+    # Salt's start-up log handler keeps records to print at exit, onto the
+    # stream pytest has closed by then; pytest's own capture already has them.
+    from salt._logging import impl  # noqa: PLC0415 (salt is only imported once configured)
+
+    handler = impl.get_temp_handler()
+    if handler is not None:
+        handler.sync_with_handlers(())
+
+
 @pytest.fixture(scope="session")
 def salt_factories_config():
     # Salt runs from the venv; no coverage sitecustomize, generous start-up for a slow machine.
