@@ -114,7 +114,10 @@ def print_report(ret):
 
 def main():
     print("Starting the Hetzner Cloud API emulator (actions take 1 s, as on the real API)")
-    with FakeCloudProcess(action_duration=1.0) as cloud, tempfile.TemporaryDirectory() as tmp:
+    with (
+        FakeCloudProcess(openapi=None, action_duration=1.0) as cloud,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         names = build_project(cloud)
         configs = {name: node_config(Path(tmp), cloud, name) for name in names.values()}
         print("lb-backup holds lb-http, lb-ws, lb-v6 and alias 10.0.1.1; lb-master takes over.")

@@ -2,6 +2,7 @@
 
 import argparse
 import ipaddress
+import os
 import signal
 import sys
 import threading
@@ -154,7 +155,10 @@ def build(args):
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    options = parser()
+    args = options.parse_args(argv)
+    if args.openapi and not os.path.isfile(args.openapi):
+        options.error(f"--openapi: no such file: {args.openapi}")
     emulator, hooks = build(args)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -194,7 +194,8 @@ class FakeCloudProcess:
             argv += ["--token", self.token]
         if "listen" not in self.options:
             argv += ["--listen", "127.0.0.1:0"]
-        if self.openapi and Path(self.openapi).exists():
+        if self.openapi:
+            # The emulator refuses a missing spec: a run that cannot validate must fail.
             argv += ["--openapi", str(self.openapi)]
         for key, value in self.options.items():
             values = value if isinstance(value, (list, tuple)) else [value]
