@@ -361,13 +361,15 @@ def _identify_this_server(client):
 
 
 def _this_server(client, clock=None):
+    """(server, how it was found), cached for as long as hcloud:server stays the same."""
+    configured = _option("server")
     cached = __context__.get("hcloud_ip.whoami")
-    if cached is None:
+    if cached is None or cached[0] != configured:
         server, source = _retry(
             "finding this node's server", lambda: _identify_this_server(client), clock
         )
-        cached = __context__["hcloud_ip.whoami"] = (server, source)
-    return cached
+        cached = __context__["hcloud_ip.whoami"] = (configured, server, source)
+    return cached[1:]
 
 
 def _target_server(client, server, clock=None):

@@ -10,52 +10,18 @@ API saw and when each address changed holder. Then it fails back.
 """
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fakecloud.pytest_plugin import FakeCloudProcess
-from helpers import REPO
+from helpers import MasterlessNode
 
-SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
 FLOATING_IPS = ["lb-http", "lb-ws", "lb-v6"]
 ALIAS_IPS = {"lb-private": ["10.0.1.1"]}
-
-
-def node_config(root, cloud, server):
-    """A masterless Salt config for one node, with the hook's options root-only."""
-    config_dir = root / server / "salt"
-    (config_dir / "minion.d").mkdir(parents=True)
-    minion = {
-        "id": server,
-        "file_client": "local",
-        "module_dirs": [str(REPO)],
-        "root_dir": str(root / server),
-        "log_file": str(root / server / "minion.log"),
-    }
-    (config_dir / "minion").write_text(yaml.safe_dump(minion))
-    options = config_dir / "minion.d" / "hcloud.conf"
-    options.touch(mode=0o600)
-    options.write_text(
-        yaml.safe_dump(
-            {
-                "hcloud": {
-                    "token": cloud.token,
-                    "api_endpoint": cloud.api_url,
-                    "metadata_endpoint": cloud.metadata_url,
-                    "server": server,
-                    "failover": {"floating_ips": FLOATING_IPS, "alias_ips": ALIAS_IPS},
-                }
-            }
-        )
-    )
-    return config_dir
 
 
 def build_project(cloud):
@@ -71,11 +37,9 @@ def build_project(cloud):
     return {master["id"]: "lb-master", backup["id"]: "lb-backup"}
 
 
-def fail_over(config_dir):
-    argv = [str(SALT_CALL), "-c", str(config_dir), "--local", "--out=json"]
-    argv += ["--retcode-passthrough", "hcloud_ip.failover"]
+def fail_over(node):
     started = time.time()
-    ret = subprocess.run(argv, capture_output=True, text=True, check=False)
+    ret = node.salt_call("hcloud_ip.failover", check=False)
     return started, time.time(), ret
 
 
@@ -119,25 +83,28 @@ def main():
         tempfile.TemporaryDirectory() as tmp,
     ):
         names = build_project(cloud)
-        configs = {name: node_config(Path(tmp), cloud, name) for name in names.values()}
+        failover = {"floating_ips": FLOATING_IPS, "alias_ips": ALIAS_IPS}
+        nodes = {
+            name: MasterlessNode(tmp, name, cloud, failover=failover) for name in names.values()
+        }
         print("lb-backup holds lb-http, lb-ws, lb-v6 and alias 10.0.1.1; lb-master takes over.")
         print("The API answers 'locked' and then 503 to the first assign attempts.\n")
         cloud.add_fault("/floating_ips/*/actions/assign", count=1, status=423, code="locked")
         cloud.add_fault("/floating_ips/*/actions/assign", count=1, status=503, code="unavailable")
         cloud.clear_requests()
         since = cloud.events()["last"]
-        started, ended, ret = fail_over(configs["lb-master"])
+        started, ended, ret = fail_over(nodes["lb-master"])
         print_timeline(cloud, names, started, ended, since)
         print_report(ret)
 
         print("\nFailback: lb-backup takes everything back, with no faults this time.\n")
         cloud.clear_requests()
         since = cloud.events()["last"]
-        started, ended, ret = fail_over(configs["lb-backup"])
+        started, ended, ret = fail_over(nodes["lb-backup"])
         print_timeline(cloud, names, started, ended, since)
         print_report(ret)
         print("\nRunning it again moves nothing: everything is already there.")
-        _, _, ret = fail_over(configs["lb-backup"])
+        _, _, ret = fail_over(nodes["lb-backup"])
         print_report(ret)
 
 

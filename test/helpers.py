@@ -1,6 +1,46 @@
-"""Paths and small helpers the tests share."""
+"""Paths and small helpers the tests, the demo and the benchmarks share."""
 
+import subprocess
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
+
+
+class MasterlessNode:
+    """
+    A masterless Salt config for one node in a directory of its own, with the
+    hcloud options in a root-only minion.d file, as the failover hook keeps
+    them; for scripts (tests use salt-factories' minion configs instead).
+    """
+
+    def __init__(self, root, minion_id, cloud, **options):
+        self.config_dir = Path(root) / minion_id / "salt"
+        (self.config_dir / "minion.d").mkdir(parents=True)
+        minion = {
+            "id": minion_id,
+            "file_client": "local",
+            "module_dirs": [str(REPO)],
+            "root_dir": str(Path(root) / minion_id),
+            "log_file": str(Path(root) / minion_id / "minion.log"),
+        }
+        (self.config_dir / "minion").write_text(yaml.safe_dump(minion))
+        hcloud = {
+            "token": cloud.token,
+            "api_endpoint": cloud.api_url,
+            "metadata_endpoint": cloud.metadata_url,
+            "server": minion_id,
+            **options,
+        }
+        path = self.config_dir / "minion.d" / "hcloud.conf"
+        path.touch(mode=0o600)
+        path.write_text(yaml.safe_dump({"hcloud": hcloud}))
+
+    def salt_call(self, *args, check=True):
+        """`salt-call --local` with JSON output; its exit code tells whether all went well."""
+        argv = [str(SALT_CALL), "-c", str(self.config_dir), "--local", "--out=json"]
+        argv += ["--retcode-passthrough", *args]
+        return subprocess.run(argv, capture_output=True, text=True, check=check)

@@ -22,14 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fakecloud.pytest_plugin import FakeCloudProcess
-from helpers import REPO
+from helpers import REPO, MasterlessNode
 
-SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
 HCLOUD_CLI = "/usr/bin/hcloud"
 
 
@@ -43,41 +40,6 @@ def parse_args():
     parser.add_argument("--counts", default="1,4,16", help="numbers of floating IPs")
     parser.add_argument("--out", default=str(REPO / "results" / "bench-hcloud-ip.md"))
     return parser.parse_args()
-
-
-class Node:
-    """A masterless Salt config for the node lb-master, pointing at the emulator."""
-
-    def __init__(self, root, cloud):
-        self.config_dir = root / "salt"
-        (self.config_dir / "minion.d").mkdir(parents=True)
-        minion = {
-            "id": "lb-master",
-            "file_client": "local",
-            "module_dirs": [str(REPO)],
-            "root_dir": str(root),
-            "log_file": str(root / "minion.log"),
-        }
-        (self.config_dir / "minion").write_text(yaml.safe_dump(minion))
-        options = self.config_dir / "minion.d" / "hcloud.conf"
-        options.touch(mode=0o600)
-        options.write_text(
-            yaml.safe_dump(
-                {
-                    "hcloud": {
-                        "token": cloud.token,
-                        "api_endpoint": cloud.api_url,
-                        "metadata_endpoint": cloud.metadata_url,
-                        "server": "lb-master",
-                    }
-                }
-            )
-        )
-
-    def salt_call(self, *args):
-        argv = [str(SALT_CALL), "-c", str(self.config_dir), "--local", "--out=json"]
-        argv += ["--retcode-passthrough", *args]
-        return subprocess.run(argv, capture_output=True, text=True, check=True)
 
 
 def timed(func):
@@ -141,7 +103,7 @@ def bench_duration(duration, counts, args, root):
         for name in names:
             cloud.create_floating_ip(name, server_id=backup_id)
         cloud.wait_idle()
-        node = Node(root / f"node-{duration}", cloud)
+        node = MasterlessNode(root / f"{duration:g}s", "lb-master", cloud)
         startup = median_of(args.repeat, lambda: None, lambda: node.salt_call("test.true"))
         rows = []
         for count in counts:
