@@ -1,0 +1,9 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+include:
+  - .validate
+  - .package
+  - .floating_ips
+  - .hook
+  - .haproxy
+  - .keepalived

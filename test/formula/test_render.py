@@ -1,0 +1,114 @@
+"""
+The formula rendered (state.show_sls, nothing applied) for the grains of each
+supported OS, and pillar.example validated and rendered.
+"""
+
+import pytest
+import yaml
+from conftest import FormulaNode
+
+from helpers import REPO, SALT_CALL
+
+PLATFORMS = {
+    "debian12": (
+        {"os_family": "Debian", "os": "Debian", "osmajorrelease": 12},
+        "/etc/network/interfaces.d/60-hcloud-lb-floating-ips.cfg",
+        "ifupdown",
+    ),
+    "ubuntu2404": (
+        {"os_family": "Debian", "os": "Ubuntu", "osmajorrelease": 24},
+        "/etc/netplan/60-hcloud-lb-floating-ips.yaml",
+        "netplan",
+    ),
+    "rocky9": (
+        {"os_family": "RedHat", "os": "Rocky", "osmajorrelease": 9},
+        "/etc/NetworkManager/dispatcher.d/60-hcloud-lb-floating-ips",
+        "networkmanager",
+    ),
+    "alma9": (
+        {"os_family": "RedHat", "os": "AlmaLinux", "osmajorrelease": 9},
+        "/etc/NetworkManager/dispatcher.d/60-hcloud-lb-floating-ips",
+        "networkmanager",
+    ),
+    "leap15": (
+        {"os_family": "Suse", "os": "Leap", "osmajorrelease": 15},
+        "/etc/sysconfig/network/ifcfg-eth0",
+        None,
+    ),
+}
+
+
+def example_pillar():
+    """pillar.example, with salt-call where this machine has it (the validator checks)."""
+    pillar = yaml.safe_load((REPO / "pillar.example").read_text())
+    pillar["hcloud_lb"]["lookup"] = {"salt_call": str(SALT_CALL)}
+    return pillar
+
+
+def lows(ret):
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert isinstance(ret.data, dict), ret.stdout + ret.stderr
+    return ret.data
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_each_os_renders_its_packages_paths_services_and_network_file(tmp_path, platform):
+    grains, network_file, style = PLATFORMS[platform]
+    node = FormulaNode(tmp_path, grains=grains)
+    node.set_pillar(example_pillar())
+    data = lows(node.salt_call("state.show_sls", "hcloud_lb"))
+    assert "hcloud_lb pillar is invalid, nothing was changed" not in data
+    pkg = data["haproxy and keepalived are installed"]["pkg"]
+    assert {"pkgs": ["haproxy", "keepalived"]} in pkg
+    assert {"name": "/etc/haproxy/haproxy.cfg"} in data["haproxy's config is managed"]["file"]
+    assert {"name": "/etc/keepalived/keepalived.conf"} in data["keepalived's config is managed"][
+        "file"
+    ]
+    assert {"name": "haproxy"} in data["haproxy is running"]["service"]
+    assert {"name": "keepalived"} in data["keepalived is running"]["service"]
+    persist = data["the floating IPs are on eth0 after a reboot"]["file"]
+    assert {"name": network_file} in persist
+    if style:
+        source = f"salt://hcloud_lb/floating_ips/files/{style}.jinja"
+        assert {"source": source} in persist
+    else:
+        assert "blockreplace" in persist
+    assert "203.0.113.10 is on eth0" in data
+
+
+def test_nonlocal_binding_sets_ip_nonlocal_bind_instead(tmp_path):
+    pillar = example_pillar()
+    pillar["hcloud_lb"]["floating_ip_binding"] = "nonlocal"
+    node = FormulaNode(tmp_path)
+    node.set_pillar(pillar)
+    data = lows(node.salt_call("state.show_sls", "hcloud_lb"))
+    assert "haproxy may bind IPv4 addresses this node does not hold" in data
+    assert not [sid for sid in data if sid.endswith(" is on eth0")]
+
+
+def test_pillar_example_validates_and_its_haproxy_config_passes_haproxy_check(tmp_path):
+    node = FormulaNode(tmp_path)
+    pillar = example_pillar()
+    node.set_pillar(pillar)
+    assert "hcloud_lb pillar is invalid" not in node.apply("hcloud_lb.validate").stdout
+    # Render the live file elsewhere: only the path differs.
+    pillar["hcloud_lb"]["lookup"]["haproxy"] = {"config": str(tmp_path / "haproxy.cfg")}
+    node.set_pillar(pillar)
+    ret = node.apply("hcloud_lb.haproxy.config")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    text = (tmp_path / "haproxy.cfg").read_text()
+    assert "bind 203.0.113.10:80" in text
+    assert text.index("frontend http-http") < text.index("frontend http-https")
+    assert text.index("frontend http-https") < text.index("frontend websockets-wss")
+    assert "http-request use-service prometheus-exporter if { path /metrics }" in text
+
+
+def test_the_clean_state_undoes_in_reverse(tmp_path):
+    node = FormulaNode(tmp_path)
+    node.set_pillar(example_pillar())
+    data = lows(node.salt_call("state.show_sls", "hcloud_lb.clean"))
+    order = sorted(data, key=lambda sid: data[sid].get("order", 0))
+    assert order.index("keepalived is stopped and disabled") < order.index(
+        "haproxy is stopped and disabled"
+    )
+    assert order[-1] == "haproxy and keepalived are removed"
