@@ -97,7 +97,11 @@ TRANSIENT_ERROR_CODES = {
 
 def __virtual__():
     if not HAS_HCLOUD:
-        return (False, "the hcloud Python library is not installed (pip install hcloud)")
+        return (
+            False,
+            "the hcloud Python library is not installed in the Python that runs Salt "
+            "(salt-pip install hcloud on onedir installs)",
+        )
     return __virtualname__
 
 

@@ -1,11 +1,8 @@
 """Fixtures shared by every test: the emulator (fakecloud) and Salt nodes running salt-call."""
 
-from pathlib import Path
-
 import pytest
-import yaml
 
-from helpers import REPO
+from helpers import REPO, SaltNode
 
 pytest_plugins = ["fakecloud.pytest_plugin"]
 
@@ -32,30 +29,6 @@ def pytest_unconfigure(config):
 def salt_factories_config():
     # Salt runs from the venv; no coverage sitecustomize, generous start-up for a slow machine.
     return {"code_dir": str(REPO), "inject_sitecustomize": False, "start_timeout": 120}
-
-
-class SaltNode:
-    """
-    One node's Salt configuration, used through the real `salt-call --local`.
-
-    The formula's custom modules load from the repo (module_dirs), and the
-    hcloud options live in minion.d/hcloud.conf, as the failover hook keeps them.
-    """
-
-    def __init__(self, factory):
-        self.factory = factory
-        self.options_file = Path(factory.config_dir) / "minion.d" / "hcloud.conf"
-        self.options_file.unlink(missing_ok=True)  # left by an earlier test's node of this id
-
-    def set_options(self, options):
-        """Write hcloud:* options into the node's minion config (root-only, like the hook's)."""
-        self.options_file.parent.mkdir(exist_ok=True)
-        self.options_file.touch(mode=0o600)
-        self.options_file.write_text(yaml.safe_dump({"hcloud": options}))
-
-    def call(self, *args, timeout=120):
-        cli = self.factory.salt_call_cli(timeout=timeout)
-        return cli.run("--local", "--retcode-passthrough", *args)
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from .conftest import (
     NODE_ID,
     changed,
     http_get,

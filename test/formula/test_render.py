@@ -5,9 +5,10 @@ supported OS, and pillar.example validated and rendered.
 
 import pytest
 import yaml
-from conftest import FormulaNode
 
 from helpers import REPO, SALT_CALL
+
+from .conftest import FormulaNode
 
 PLATFORMS = {
     "debian12": (

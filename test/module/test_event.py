@@ -5,9 +5,8 @@ A failover tells the master through the local salt-minion, and never waits on it
 import time
 
 import pytest
-from conftest import SaltNode
 
-from helpers import REPO
+from helpers import REPO, SaltNode
 
 pytestmark = pytest.mark.salt_call
 
