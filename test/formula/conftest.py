@@ -282,6 +282,34 @@ def _teardown(node, netns, saved_haproxy_cfg):
     Path("/etc/haproxy/haproxy.cfg").write_bytes(saved_haproxy_cfg)
 
 
+class _CleanBy:
+    """What _teardown needs of a node: ``apply(*sls)``, here by any way of running Salt."""
+
+    def __init__(self, apply):
+        self.apply = apply
+
+
+@contextlib.contextmanager
+def formula_on_this_host(netns, clean):
+    """
+    Around a deployment of the formula on this host, its services in ``netns``,
+    by any of the three ways: skips when haproxy or keepalived already run here;
+    afterwards, also on failure, ``clean(*sls)`` applies the formula's clean
+    states (by the way that deployed it), whatever they left is stopped and
+    removed, and /etc/haproxy/haproxy.cfg is as it was.
+    """
+    if _daemons_running():
+        pytest.skip(f"{_daemons_running()} already running on this machine")
+    saved = Path("/etc/haproxy/haproxy.cfg").read_bytes()
+    created_dirs = [d for d in ("/etc/network", "/etc/hcloud_lb") if not Path(d).exists()]
+    try:
+        yield
+    finally:
+        _teardown(_CleanBy(clean), netns, saved)
+        for path in created_dirs:
+            subprocess.run(["rm", "-rf", path], check=False)
+
+
 @pytest.fixture(scope="module")
 def deployed(netns, backends, fakecloud_process, tmp_path_factory):
     """The formula applied for real inside the node namespace; undone afterwards."""
@@ -290,12 +318,6 @@ def deployed(netns, backends, fakecloud_process, tmp_path_factory):
     cloud = fakecloud_process.cloud
     node = FormulaNode(tmp_path_factory.mktemp("formula"), netns=netns)
     node.set_pillar(lab_pillar(cloud))
-    saved = Path("/etc/haproxy/haproxy.cfg").read_bytes()
-    created_dirs = [d for d in ("/etc/network", "/etc/hcloud_lb") if not Path(d).exists()]
-    try:
+    with formula_on_this_host(netns, node.apply):
         node.first_apply = node.apply()
         yield node
-    finally:
-        _teardown(node, netns, saved)
-        for path in created_dirs:
-            subprocess.run(["rm", "-rf", path], check=False)

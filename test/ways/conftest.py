@@ -47,6 +47,15 @@ SSH_ID = "ways-ssh"
 SSH_SYSTEM_ID = "ways-ssh-system-python"
 VENV_BIN = REPO / ".venv" / "bin"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The test sshds' settings beyond salt-factories' defaults.
+SSHD_CONFIG = {
+    "PermitRootLogin": "prohibit-password",
+    "UsePAM": "no",
+    # The keys live under pytest's tmp dir, below the world-writable /tmp.
+    "StrictModes": "no",
+    # scp, which salt-ssh copies the thin with, speaks SFTP since OpenSSH 9.
+    "Subsystem": "sftp internal-sftp",
+}
 # A command through the master or salt-ssh: generous for a slow machine, but a
 # hang must fail the test, not the whole run.
 CLI_TIMEOUT = 120
@@ -95,6 +104,13 @@ class PillarTree:
         _dump(path, data)
         self.nodes[node_id] = sls
         self._write_top()
+
+    def unset(self, node_id):
+        """No pillar for this node any more (the others keep theirs)."""
+        sls = self.nodes.pop(node_id, None)
+        if sls:
+            (self.root / f"{sls}.sls").unlink(missing_ok=True)
+            self._write_top()
 
     def clear(self):
         """No pillar for any node."""
@@ -317,14 +333,7 @@ def ways_sshd(salt_factories, ways_root):
         listen_address="127.0.0.1",
         script_name=shutil.which("sshd") or "/usr/sbin/sshd",
         display_name="ways-sshd",
-        sshd_config_dict={
-            "PermitRootLogin": "prohibit-password",
-            "UsePAM": "no",
-            # The keys live under pytest's tmp dir, below the world-writable /tmp.
-            "StrictModes": "no",
-            # scp, which salt-ssh copies the thin with, speaks SFTP since OpenSSH 9.
-            "Subsystem": "sftp internal-sftp",
-        },
+        sshd_config_dict=dict(SSHD_CONFIG),
     )
     with sshd.started():
         yield sshd
