@@ -9,12 +9,25 @@ per-node keepalived values come from one place.
 
     salt-call hcloud_lb.validate
     salt-call hcloud_lb.node
+
+This file is also the formula's salt-ssh wrapper module (``_wrapper/hcloud_lb.py``
+is a link to it). salt-ssh renders SLS files on the master, and runs a function
+there when a wrapper module has it, with the target's grains and the pillar
+compiled for it; any other function runs on the target by ``salt-call --local``,
+its arguments on the ssh command line and without the pillar. So, as a wrapper,
+``validate`` and ``node`` read the pillar and the settings never leave the
+master. Everything here must therefore hold in both places: what concerns the
+node's files is asked of ``__salt__`` (``cmd.retcode``, ``file.stats``), which
+is the node itself in the execution module and the target, over ssh with only
+a path as argument, in the wrapper; never of this process's filesystem.
 """
 
 import ipaddress
-import os
+import posixpath
 import re
 import stat
+
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "hcloud_lb"
 
@@ -315,12 +328,21 @@ def _check_hook(errors, settings):
         if not _positive_number(hook.get(key)):
             errors.add(f"hook:{key}", f"{hook.get(key)!r} is not a positive number of seconds")
     salt_call = (settings.get("lookup") or {}).get("salt_call")
-    if salt_call and not os.access(salt_call, os.X_OK):
+    if salt_call and not _executable_on_the_node(str(salt_call)):
         errors.add(
             "lookup:salt_call",
             f"{salt_call} is not an executable salt-call; the failover hook needs Salt "
             "on the node (install it, or point this at its salt-call)",
         )
+
+
+def _executable_on_the_node(path):
+    """
+    Whether the node can execute ``path``: ``test -x`` run by ``cmd.retcode``,
+    on the node (under salt-ssh, on the target, with only the path as argument).
+    """
+    retcode = __salt__["cmd.retcode"](["test", "-x", path], python_shell=False, ignore_retcode=True)
+    return retcode == 0
 
 
 def node(settings=None):
@@ -358,23 +380,29 @@ def script_security_problems(path):
     the file and every directory above it must be owned by root and not
     writable by group or others (keepalived -t does not check this).
 
+    Each path is looked at with ``file.stats``, so under salt-ssh the wrapper
+    looks at the target's files, not the master's.
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-call hcloud_lb.script_security_problems /etc/keepalived/scripts/notify
     """
+    if not posixpath.isabs(str(path)):
+        return [f"{path} is not an absolute path"]
     problems = []
-    current = os.path.abspath(path)
-    if not os.path.exists(current):
-        return [f"{current} does not exist"]
+    current = posixpath.normpath(str(path))
     while True:
-        info = os.stat(current)
-        if info.st_uid != 0:
+        try:
+            info = __salt__["file.stats"](current)
+        except CommandExecutionError:
+            return [*problems, f"{current} does not exist"]
+        if int(info["uid"]) != 0:
             problems.append(f"{current} is not owned by root")
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if int(str(info["mode"]), 8) & (stat.S_IWGRP | stat.S_IWOTH):
             problems.append(f"{current} is writable by group or others")
-        parent = os.path.dirname(current)
+        parent = posixpath.dirname(current)
         if parent == current:
             return problems
         current = parent

@@ -1,13 +1,20 @@
 """
 The hcloud_lb pillar checks, one test per rule, with Salt's loader mocks.
 Each message must name the pillar key and say what is wrong.
+
+The module asks ``__salt__`` about the node's files (``cmd.retcode``,
+``file.stats``): here the real functions on this host, as on a minion; as the
+salt-ssh wrapper the same calls reach the target (see the last tests).
 """
 
 import copy
 import os
+import subprocess
 
 import pytest
+import salt.modules.file
 import yaml
+from salt.exceptions import CommandExecutionError
 
 from _modules import hcloud_lb
 from helpers import REPO
@@ -38,11 +45,26 @@ def options():
     return {"hcloud:token": "a-token"}
 
 
+def cmd_retcode(cmd, python_shell=None, ignore_retcode=False):
+    """cmd.retcode, for the argv lists the module passes."""
+    assert isinstance(cmd, list) and python_shell is False and ignore_retcode is True
+    return subprocess.run(cmd, check=False).returncode
+
+
 @pytest.fixture
-def configure_loader_modules(options):
+def node_salt():
+    """The functions the module asks about the node: this host's, for real."""
+    return {"cmd.retcode": cmd_retcode, "file.stats": salt.modules.file.stats}
+
+
+@pytest.fixture
+def configure_loader_modules(options, node_salt):
     return {
         hcloud_lb: {
-            "__salt__": {"config.get": lambda key, default=None: options.get(key, default)},
+            "__salt__": {
+                "config.get": lambda key, default=None: options.get(key, default),
+                **node_salt,
+            },
             "__grains__": {"id": "lb-master"},
         }
     }
@@ -229,3 +251,57 @@ def test_script_security_rules(tmp_path):
     script.chmod(0o755)
     os.chown(scripts, 65534, 65534)
     assert f"{scripts} is not owned by root" in hcloud_lb.script_security_problems(script)
+
+
+def test_script_security_of_a_missing_or_relative_path(tmp_path):
+    missing = tmp_path / "scripts" / "check"
+    assert hcloud_lb.script_security_problems(missing) == [f"{missing} does not exist"]
+    assert hcloud_lb.script_security_problems("scripts/check") == [
+        "scripts/check is not an absolute path"
+    ]
+
+
+# ---------------------------------------------------------------- the node is __salt__'s
+# As the salt-ssh wrapper this module runs on the master: what it says about the
+# node's files must come from __salt__ (the target), never from the local filesystem.
+
+
+def test_the_salt_call_check_asks_the_node(settings, monkeypatch):
+    asked = []
+
+    def target_retcode(cmd, **kwargs):
+        asked.append((cmd, kwargs))
+        return 0  # the target has it, though this host does not
+
+    monkeypatch.setitem(hcloud_lb.__salt__, "cmd.retcode", target_retcode)
+    settings["lookup"] = {"salt_call": "/opt/target-only/salt-call"}
+    assert problems(settings) == []
+    assert asked == [
+        (
+            ["test", "-x", "/opt/target-only/salt-call"],
+            {"python_shell": False, "ignore_retcode": True},
+        )
+    ]
+
+
+def test_script_security_asks_the_node(monkeypatch):
+    target = {
+        "/": {"uid": 0, "mode": "0755"},
+        "/etc": {"uid": 0, "mode": "0755"},
+        "/etc/keepalived": {"uid": 1000, "mode": "0775"},
+        "/etc/keepalived/check": {"uid": 0, "mode": "0700"},
+    }
+
+    def target_stats(path):
+        if path not in target:
+            raise CommandExecutionError(f"Path not found: {path}")
+        return target[path]
+
+    monkeypatch.setitem(hcloud_lb.__salt__, "file.stats", target_stats)
+    assert hcloud_lb.script_security_problems("/etc/keepalived/check") == [
+        "/etc/keepalived is not owned by root",
+        "/etc/keepalived is writable by group or others",
+    ]
+    assert hcloud_lb.script_security_problems("/etc/keepalived/notify") == [
+        "/etc/keepalived/notify does not exist"
+    ]
