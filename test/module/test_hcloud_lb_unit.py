@@ -305,3 +305,10 @@ def test_script_security_asks_the_node(monkeypatch):
     assert hcloud_lb.script_security_problems("/etc/keepalived/notify") == [
         "/etc/keepalived/notify does not exist"
     ]
+
+
+def test_the_salt_ssh_wrapper_is_this_module():
+    wrapper = REPO / "_wrapper" / "hcloud_lb.py"
+    assert wrapper.is_symlink()
+    assert os.readlink(wrapper) == "../_modules/hcloud_lb.py"
+    assert wrapper.resolve() == (REPO / "_modules" / "hcloud_lb.py").resolve()

@@ -26,6 +26,12 @@ salt-ssh, in Salt 3007:
   ``saltutil.sync_all`` through salt-ssh is harmful (see SshWay).
 * a plain execution function runs on the target as ``salt-call --local``
   without the master's pillar; states get it. See SshWay.call_with_pillar.
+  Wrapper modules run on the master instead, with the target's grains and
+  pillar: the master has the formula's (``hcloud_lb``, from ``_wrapper``) by
+  ``salt-run saltutil.sync_wrapper``, as a user syncs it (``ways_master``).
+* it ships to the target only the files the states name, so templates that
+  import other files need them in the master's ``extra_filerefs``: the test
+  master has the README's salt-ssh master config (``README_SALT_SSH_CONFIG``).
 * the target runs the thin Salt with the first ``python3`` on its PATH, and
   /usr/bin/python3 has no ``hcloud``: the roster entry's ``set_path`` puts the
   venv's bin/ first, so the venv's Python (with hcloud, requests,
@@ -34,6 +40,7 @@ salt-ssh, in Salt 3007:
   ``import hcloud``, or hcloud_ip does not load.
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -59,6 +66,20 @@ SSHD_CONFIG = {
 # A command through the master or salt-ssh: generous for a slow machine, but a
 # hang must fail the test, not the whole run.
 CLI_TIMEOUT = 120
+
+
+def readme_salt_ssh_master_config():
+    """The master config README.md gives salt-ssh users: its YAML block naming extra_filerefs."""
+    blocks = re.findall(r"^```yaml\n(.*?)^```", (REPO / "README.md").read_text(), re.M | re.S)
+    (config,) = [
+        data
+        for data in map(yaml.safe_load, blocks)
+        if isinstance(data, dict) and "extra_filerefs" in data
+    ]
+    return config
+
+
+README_SALT_SSH_CONFIG = readme_salt_ssh_master_config()
 
 
 def config_path(factory, key):
@@ -343,7 +364,9 @@ def ways_sshd(salt_factories, ways_root):
 def ways_master(salt_factories, ways_root, ways_formula_root, ways_pillar, ways_states):
     """
     A salt-master on 127.0.0.1 serving the repo and the tests' states, and the
-    tests' pillar; also the master salt-ssh runs from.
+    tests' pillar; also the master salt-ssh runs from, set up for the formula
+    as README.md tells salt-ssh users: its master config (extra_filerefs), and
+    the formula's wrapper modules synced from salt://_wrapper.
     """
     master_root = ways_root / "master"
     master_root.mkdir(exist_ok=True)
@@ -358,9 +381,12 @@ def ways_master(salt_factories, ways_root, ways_formula_root, ways_pillar, ways_
             "ssh_log_file": "logs/ssh.log",
             "known_hosts_file": str(master_root / "known_hosts"),
             "log_level_logfile": "all",
+            **README_SALT_SSH_CONFIG,
         },
     )
     with master.started():
+        ret = master.salt_run_cli(timeout=CLI_TIMEOUT).run("saltutil.sync_wrapper")
+        assert ret.returncode == 0 and "wrapper.hcloud_lb" in ret.data, ret
         yield master
     _keep_logs_drop_root(master, ways_root)
 

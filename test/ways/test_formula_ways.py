@@ -21,13 +21,17 @@ loopbacks port by port, with 127.0.0.1 at both ends:
   failover hook that keepalived runs inside the node reaches the emulator.
 
 Every test runs once per way (a module-scoped parametrized fixture: all of
-the minion's, then all of salt-ssh's); each way's deployment is undone, also
-on failure, by the formula's clean states through that way, then by
+the minion's, then all of salt-ssh's), but the few about salt-ssh only, which
+take just that parameter; each way's deployment is undone, also on failure,
+by the formula's clean states through that way, then by
 ``formula_on_this_host``'s fallback (the same as the salt-call tests').
 
-salt-ssh needs two workarounds for this formula today (see FORMULA_FILEREFS);
-each is pinned by a strict xfail test, and so is the secrets test under
-salt-ssh: they turn into XPASS failures once the formula is fixed.
+salt-ssh runs from the master set up as README.md tells its users (see
+test/ways/conftest.py): the formula's wrapper module synced with ``salt-run
+saltutil.sync_wrapper``, so the states' calls of hcloud_lb.validate and
+hcloud_lb.node run on the master with the pillar, and the README's
+``extra_filerefs``, so the templates find map.jinja on the target. The roster
+holds no hcloud option: the token is in the pillar only, as for the minion.
 """
 
 import contextlib
@@ -45,6 +49,7 @@ from urllib.parse import urlsplit
 import attr
 import formula.conftest as formula_lab
 import pytest
+import yaml
 from formula.conftest import (
     NODE_ID,
     changed,
@@ -60,7 +65,10 @@ from formula.test_apply import GROUP_URL, live_state
 from saltfactories.daemons.minion import SaltMinion
 from saltfactories.daemons.sshd import Sshd
 
+from helpers import REPO, SALT_CALL
+
 from .conftest import (
+    README_SALT_SSH_CONFIG,
     SSHD_CONFIG,
     SYSTEM_PATH,
     VENV_BIN,
@@ -81,7 +89,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="applies the formula: 
 
 LB_MINION_ID = "lb-ways-minion"
 LB_SSH_ID = "lb-ways-ssh"
-LB_SSH_BARE_ID = "lb-ways-ssh-bare"  # the same sshd, no workaround in the roster
 NSBRIDGE = Path(__file__).with_name("nsbridge.py")
 VRRP_PASSWORD = "s3cret!x"  # lab_pillar's
 # The first apply installs nothing here (tools/bootstrap did) but starts both
@@ -179,31 +186,11 @@ def minion_way(ns, env):
         _keep_logs_drop_root(minion, env.root)
 
 
-# salt-ssh needs two workarounds for this formula today (formula bugs, each
-# pinned by a strict xfail test below, which passes once the formula is fixed):
-# 1. the formula's SLS files call hcloud_lb.validate and hcloud_lb.node from
-#    Jinja; salt-ssh renders SLS on the master and runs such calls on the
-#    target with salt-call --local, without the pillar, so validate finds no
-#    hcloud:token unless the roster's minion_opts has one (validate only asks
-#    whether it is set, so a placeholder does, and the real token stays in
-#    the pillar: the master logs the roster it renders);
-# 2. the formula's templates import map.jinja (and its YAML files), which
-#    salt-ssh does not ship (it ships only the files the states name):
-#    --extra-filerefs names them.
-FORMULA_FILEREFS = ",".join(
-    f"salt://hcloud_lb/{name}"
-    for name in ("map.jinja", "defaults.yaml", "osfamilymap.yaml", "osmap.yaml")
-)
-
-
 class LbSshWay(SshWay):
-    """SshWay; with ``extra_filerefs``, salt-ssh ships the files the formula's templates import."""
+    """SshWay, with time for a first apply; ``run`` takes salt-ssh options before the function."""
 
-    extra_filerefs = True
-
-    def run(self, function, *args, timeout=APPLY_TIMEOUT):
-        options = [f"--extra-filerefs={FORMULA_FILEREFS}"] if self.extra_filerefs else []
-        return self.cli(timeout).run(*options, function, *args)
+    def run(self, *argv, timeout=APPLY_TIMEOUT):
+        return self.cli(timeout).run(*argv)
 
 
 @contextlib.contextmanager
@@ -223,23 +210,18 @@ def ssh_way(ns, env):
         netns=ns,
     )
     port = sshd.listen_port
-    bare = {
+    # No hcloud option here: the token is in the node's pillar only.
+    entry = {
         "host": "127.0.0.1",
         "port": port,
         "user": "root",
         "priv": str(sshd.client_key),
-        "thin_dir": str(env.root / "thin-lb-bare"),
+        "thin_dir": str(env.root / "thin-lb"),
         "set_path": f"{VENV_BIN}:{SYSTEM_PATH}",
         "minion_opts": dict(NODE_OPTS),
     }
-    # Workaround 1: a token in the roster too, for the formula's Jinja calls.
-    entry = {
-        **bare,
-        "thin_dir": str(env.root / "thin-lb"),
-        "minion_opts": {**NODE_OPTS, "hcloud": {"token": "set-in-the-pillar"}},
-    }
     roster_file = env.root / "roster-lb"
-    _dump(roster_file, {LB_SSH_ID: entry, LB_SSH_BARE_ID: bare})
+    _dump(roster_file, {LB_SSH_ID: entry})
     forwards = [f"host:{port}>{ns}:{port}", f"{ns}:{emulator_port}>host:{emulator_port}"]
     try:
         # The bridge answers the port check at once: wait for sshd's banner through it.
@@ -248,24 +230,18 @@ def ssh_way(ns, env):
             known_hosts = config_path(master, "known_hosts_file")
             with known_hosts.open("a", encoding="utf-8") as fh:
                 fh.write("\n".join(sshd.get_host_keys()) + "\n")
-            ways = {
-                node_id: LbSshWay(
-                    master,
-                    env.pillar,
-                    sshd=sshd,
-                    roster_file=roster_file,
-                    node_id=node_id,
-                    entry=roster_entry,
-                )
-                for node_id, roster_entry in ((LB_SSH_ID, entry), (LB_SSH_BARE_ID, bare))
-            }
-            way = ways[LB_SSH_ID]
+            way = LbSshWay(
+                master,
+                env.pillar,
+                sshd=sshd,
+                roster_file=roster_file,
+                node_id=LB_SSH_ID,
+                entry=entry,
+            )
             way.daemon_pid = sshd.pid
-            way.bare = ways[LB_SSH_BARE_ID]
             yield way
     finally:
-        for roster_entry in (entry, bare):
-            shutil.rmtree(roster_entry["thin_dir"], ignore_errors=True)
+        shutil.rmtree(entry["thin_dir"], ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the deployment
@@ -409,55 +385,69 @@ def test_the_applied_hook_moves_the_floating_ip_here_from_inside_the_node(lb, cl
     assert wait_for(lambda: holder(cloud, fip["id"]) == NODE_ID, 30, 0.5)
 
 
-# ---------------------------------------------------------------- salt-ssh: formula bugs, pinned
+# ---------------------------------------------------------------- salt-ssh only
 
-SSH_BUG_TOKEN = (
-    "formula bug: hcloud_lb/libvalidate.jinja calls salt['hcloud_lb.validate'](settings) "
-    "while rendering; salt-ssh runs it on the target by salt-call --local without the "
-    "pillar, so it reports 'hcloud:token: not set' for a pillar that has it"
-)
-SSH_BUG_FILEREFS = (
-    "formula bug: the templates (haproxy.cfg, keepalived.conf, the hook's minion config) "
-    "import hcloud_lb/map.jinja, which salt-ssh does not ship to the target: "
-    "TemplateNotFound, unless the master's extra_filerefs names map.jinja and its YAML files"
-)
-SSH_BUG_SECRETS = (
-    "formula bug: under salt-ssh, salt['hcloud_lb.validate'](settings) and "
-    "salt['hcloud_lb.node'](settings) in the SLS Jinja send the merged settings, VRRP "
-    "password included, as JSON on the ssh command line, which the master logs "
-    "(ssh_log_file, debug and trace) and so does the target's salt-call.log"
-)
+only_salt_ssh = pytest.mark.parametrize("lb", ["salt-ssh"], indirect=True)
 
 
-def salt_ssh_bug(lb, request, bug):
-    """Only for salt-ssh, where ``bug`` makes this test fail (strictly: a fix shows as XPASS)."""
-    if lb.way.name != "salt-ssh":
-        pytest.skip("about salt-ssh only")
-    request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=bug))
+def commands_on_the_target(way, start):
+    """The salt-call command lines salt-ssh ran on the target since byte ``start`` of its log."""
+    ssh_log = config_path(way.master, "ssh_log_file")
+    return [r for r in log_records(ssh_log, start) if "SALT_ARGV:" in r]
 
 
-def test_salt_ssh_validates_the_pillar_without_the_token_in_the_roster(lb, lab_env, request):
-    salt_ssh_bug(lb, request, SSH_BUG_TOKEN)
-    bare = lb.way.bare  # the same node, the token only in its pillar, as for the minion
-    bare.set_pillar(way_pillar(lab_env.cloud, bare.node_id))
-    try:
-        ret = bare.run("state.show_sls", "hcloud_lb.validate")
-    finally:
-        lab_env.pillar.unset(bare.node_id)
-    assert "hcloud:token: not set" not in ret.stdout, ret.stdout
+@only_salt_ssh
+def test_salt_ssh_validates_the_pillar_on_the_master_without_a_token_in_the_roster(lb):
+    roster = yaml.safe_load(lb.way.roster_file.read_text(encoding="utf-8"))
+    assert "hcloud" not in roster[lb.way.node_id]["minion_opts"]
+    start = config_path(lb.way.master, "ssh_log_file").stat().st_size
+    ret = lb.run("state.show_sls", "hcloud_lb.keepalived.config")
     assert ret.returncode == 0, ret
+    assert "hcloud:token: not set" not in ret.stdout, ret.stdout
+    assert "keepalived's config is managed" in ret.data, ret  # high data, keyed by ID
+    # hcloud_lb.validate and .node ran on the master (the wrapper): the target
+    # saw no hcloud_lb call, only the salt_call check, with the path alone.
+    on_target = commands_on_the_target(lb.way, start)
+    assert on_target, "no command line logged: the check would prove nothing"
+    assert not [r for r in on_target if "'hcloud_lb." in r], on_target
+    checks = [r for r in on_target if "'cmd.retcode'" in r]
+    assert checks, on_target
+    # lab_pillar's lookup:salt_call
+    expected = f"""'cmd.retcode', '["test", "-x", "{SALT_CALL}"]', 'python_shell=false', """
+    assert all(expected in r for r in checks), checks
 
 
-def test_salt_ssh_renders_the_templates_without_extra_filerefs(lb, request):
-    salt_ssh_bug(lb, request, SSH_BUG_FILEREFS)
-    lb.way.extra_filerefs = False
-    try:
-        ret = lb.apply("hcloud_lb.haproxy.config", test=True)
-    finally:
-        lb.way.extra_filerefs = True
-    result = states(ret)["haproxy's config is managed"]
-    assert "TemplateNotFound" not in result["comment"], result["comment"]
-    assert result["result"] is True, result
+def template_imports(path, seen=None):
+    """The formula files a template imports, transitively (tplroot-relative Jinja imports)."""
+    seen = set() if seen is None else seen
+    text = path.read_text(encoding="utf-8")
+    for name in re.findall(r'(?:import_yaml|import|from|include)\s+tplroot ~ "/([^"]+)"', text):
+        if name not in seen:
+            seen.add(name)
+            template_imports(REPO / "hcloud_lb" / name, seen)
+    return seen
+
+
+@only_salt_ssh
+def test_salt_ssh_renders_the_templates_with_the_documented_extra_filerefs(lb):
+    documented = README_SALT_SSH_CONFIG["extra_filerefs"]
+    assert list(lb.way.master.config["extra_filerefs"]) == documented
+    # The README names every file the templates import, and nothing else.
+    templates = sorted((REPO / "hcloud_lb").glob("*/files/*.jinja"))
+    imported = set().union(*(template_imports(t) for t in templates))
+    assert sorted(f"salt://hcloud_lb/{name}" for name in imported) == sorted(documented)
+    sls = "hcloud_lb.haproxy.config,hcloud_lb.keepalived.config,hcloud_lb.hook"
+    ret = lb.run("state.apply", sls, "test=True")
+    managed = {sid: s for sid, s in states(ret).items() if "config is managed" in sid}
+    assert len(managed) == 3, states(ret)
+    assert all(s["result"] is True for s in managed.values()), managed
+    # Salt's behaviour, pinned (why the README asks for the setting): an explicit
+    # --extra-filerefs replaces the master's, and without map.jinja on the target
+    # the templates do not render.
+    ret = lb.run("--extra-filerefs=salt://hcloud_lb/osmap.yaml", "state.apply", sls, "test=True")
+    managed = {sid: s for sid, s in states(ret).items() if "config is managed" in sid}
+    assert all(s["result"] is False for s in managed.values()), managed
+    assert all("TemplateNotFound" in s["comment"] for s in managed.values()), managed
 
 
 # ---------------------------------------------------------------- secrets
@@ -474,12 +464,8 @@ def harness_scrubbed(path):
 
 
 def test_the_token_and_the_vrrp_password_are_in_no_return_job_cache_or_log(
-    lb, ways_pillar, fakecloud_process, request
+    lb, ways_pillar, fakecloud_process
 ):
-    if lb.way.name == "salt-ssh":
-        request.applymarker(
-            pytest.mark.xfail(strict=True, raises=AssertionError, reason=SSH_BUG_SECRETS)
-        )
     secrets = {"API token": fakecloud_process.cloud.token, "VRRP password": VRRP_PASSWORD}
     rets = [lb.run("state.apply", "hcloud_lb.keepalived.config"), *lb.returns]
     job_cache = lb.way.job_cache_files()

@@ -1,7 +1,8 @@
 """
 hcloud_ip used the ways a formula is used, for real, against the emulator:
 from a salt-master to its salt-minion, and by salt-ssh from the same master's
-config over an sshd on loopback. (Masterless salt-call: test/module/.)
+config over an sshd on loopback. (Masterless salt-call: test/module/.) And the
+formula's salt-ssh wrapper module, hcloud_lb, on the master.
 """
 
 import filecmp
@@ -11,6 +12,8 @@ import subprocess
 import pytest
 
 from helpers import REPO
+
+from .conftest import CLI_TIMEOUT, SSH_ID, config_path
 
 SERVER = "lb-master"  # the node's server in the cloud, named by hcloud:server in its pillar
 
@@ -88,6 +91,93 @@ def test_salt_ssh_ships_the_custom_modules_itself(ways_ssh):
     assert_shipped(ways_ssh.extmods_dir())
     states = ways_ssh.run("sys.list_state_functions", "hcloud_ip").data
     assert "hcloud_ip.assigned" in states
+
+
+def test_master_syncs_the_salt_ssh_wrapper_from_salt(ways_master):
+    """
+    As README tells salt-ssh users: ``salt-run saltutil.sync_wrapper`` copies
+    salt://_wrapper (the link to _modules/hcloud_lb.py, served as its file)
+    into the master's extension_modules, where salt-ssh loads wrappers from.
+    """
+    synced = config_path(ways_master, "extension_modules") / "wrapper" / "hcloud_lb.py"
+    assert filecmp.cmp(synced, REPO / "_modules" / "hcloud_lb.py", shallow=False)
+    synced.unlink()  # synced by the fixture: start from none
+    ret = ways_master.salt_run_cli(timeout=CLI_TIMEOUT).run("saltutil.sync_wrapper")
+    assert ret.returncode == 0, ret
+    assert ret.data == ["wrapper.hcloud_lb"], ret.data
+    assert not synced.is_symlink()
+    assert filecmp.cmp(synced, REPO / "_modules" / "hcloud_lb.py", shallow=False)
+
+
+def test_salt_ssh_runs_hcloud_lb_validate_on_the_master_with_the_pillar(ways_ssh, cloud):
+    """
+    The wrapper's validate runs on the master, so it sees the node's pillar
+    (the token in it), which salt-call --local on the target would not (see
+    test_salt_ssh_gives_no_pillar_to_a_plain_execution_function); only the
+    salt_call check goes to the target, with the path alone.
+    """
+    nodes = {
+        SSH_ID: {"priority": 150, "address": "10.0.0.2"},
+        "lb-backup": {"priority": 100, "address": "10.0.0.3"},
+    }
+    lookup = {"salt_call": "/nonexistent/salt-call"}
+    ways_ssh.set_pillar(
+        {**hcloud_pillar(cloud), "hcloud_lb": {"nodes": nodes, "vrrp": {"preempt": True}}}
+    )
+    # The raw pillar, without the formula's defaults: problems, but none about
+    # the token or this node (the id is the roster's, as the target's grains say).
+    problems = ways_ssh.run("hcloud_lb.validate")
+    assert problems.returncode == 0, problems
+    assert isinstance(problems.data, list) and problems.data, problems
+    assert not [p for p in problems.data if "hcloud:token" in p or ":nodes" in p], problems.data
+    node = ways_ssh.run("hcloud_lb.node")
+    assert node.data == {
+        "id": SSH_ID,
+        "priority": 150,
+        "address": "10.0.0.2",
+        "peers": ["10.0.0.3"],
+        "state": "MASTER",
+    }, node
+
+    ways_ssh.set_pillar({"hcloud_lb": {"lookup": lookup}})
+    ssh_log = config_path(ways_ssh.master, "ssh_log_file")
+    start = ssh_log.stat().st_size
+    problems = ways_ssh.run("hcloud_lb.validate").data
+    assert "hcloud:token: not set; the failover hook needs a read/write API token" in problems
+    assert [p for p in problems if p.startswith("hcloud_lb:lookup:salt_call: /nonexistent/")]
+
+    # What this validate ran on the target: the salt_call check, with the path alone.
+    on_target = [r for r in log_records(ssh_log, start) if "SALT_ARGV:" in r]
+    assert on_target, f"{ssh_log}: no command line logged: the check would prove nothing"
+    assert not [r for r in on_target if "'hcloud_lb." in r]
+    checks = [r for r in on_target if "'cmd.retcode'" in r]
+    assert checks
+    assert all(
+        """'cmd.retcode', '["test", "-x", "/nonexistent/salt-call"]', """
+        "'python_shell=false', 'ignore_retcode=true']" in r
+        for r in checks
+    ), checks
+
+
+def test_salt_ssh_script_security_problems_looks_at_the_target(ways_ssh, tmp_path):
+    """
+    The wrapper has script_security_problems too (it is the same file), and
+    runs it on the master: it must stat the target's files (file.stats there),
+    not the master's. (Target and master share this host's files: the log says where.)
+    """
+    tmp_path.chmod(0o755)
+    script = tmp_path / "check"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o775)
+    ssh_log = config_path(ways_ssh.master, "ssh_log_file")
+    start = ssh_log.stat().st_size if ssh_log.exists() else 0  # the session's first salt-ssh?
+    ret = ways_ssh.run("hcloud_lb.script_security_problems", str(script))
+    assert ret.returncode == 0, ret
+    assert f"{script} is writable by group or others" in ret.data, ret.data
+    assert "/tmp is writable by group or others" in ret.data, ret.data
+    stats = [r for r in log_records(ssh_log, start) if "SALT_ARGV:" in r and "'file.stats'" in r]
+    assert [r for r in stats if f"'file.stats', '\"{script}\"'" in r], stats
+    assert [r for r in stats if "'file.stats', '\"/\"'" in r], stats
 
 
 def test_salt_ssh_saltutil_sync_all_deletes_the_shipped_modules(ways_ssh_system_python):
@@ -196,9 +286,15 @@ def test_state_apply_moves_the_floating_ip_once_and_test_mode_changes_nothing(
 # ---------------------------------------------------------------- the token stays secret
 
 
-def log_records(path):
-    """The records of a Salt log file (a record starts with '[<date>', and may go on)."""
-    return re.split(r"\n(?=\[\d{4}-\d\d-\d\d )", path.read_text(encoding="utf-8", errors="replace"))
+def log_records(path, start=0):
+    """
+    The records of a Salt log file (a record starts with '[<date>', and may go
+    on); from byte ``start`` on, when given.
+    """
+    with path.open("rb") as fh:
+        fh.seek(start)
+        text = fh.read().decode("utf-8", errors="replace")
+    return re.split(r"\n(?=\[\d{4}-\d\d-\d\d )", text)
 
 
 def test_the_token_is_in_no_return_job_cache_or_node_log(

@@ -1,0 +1,1 @@
+../_modules/hcloud_lb.py
