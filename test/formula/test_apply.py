@@ -66,8 +66,9 @@ def test_keepalived_becomes_master_and_holds_the_alias_ip(deployed):
     assert wait_for(lambda: state.exists() and state.read_text().strip() == "MASTER", 20)
     addrs = in_netns(deployed.netns, "ip", "-o", "addr", "show", "dev", "ens10").stdout
     assert " 10.231.0.100/32 " in addrs
-    # The re-assert loop runs while MASTER.
-    assert pid_of("/run/hcloud_lb/reassert.pid")
+    # The re-assert loop runs while MASTER (notify records MASTER, then starts
+    # the loop and writes its pid file: wait for that).
+    assert wait_for(lambda: pid_of("/run/hcloud_lb/reassert.pid"), 5)
 
 
 def test_haproxy_serves_the_group_address_from_both_backends(deployed):
