@@ -245,6 +245,30 @@ BAD_PILLARS = {
     ),
     "hcloud_lb:groups:web:balancers:http:mode": ("groups:web:balancers:http:mode", "udp"),
     "hcloud_lb:vrrp:virtual_router_id": ("vrrp:virtual_router_id", 300),
+    # Two frontends on one address and port: raw moves onto http's 8080.
+    "hcloud_lb:groups:web:balancers:raw:frontend_port": (
+        "groups:web:balancers:raw:frontend_port",
+        8080,
+    ),
+    "hcloud_lb:groups:web:balancers:http:algorithm": (
+        "groups:web:balancers:http:algorithm",
+        "fastest",
+    ),
+    "hcloud_lb:groups:web:balancers:http:backend_servers:a:host": (
+        "groups:web:balancers:http:backend_servers:a:host",
+        None,
+    ),
+    # nopreempt with a check that only lowers the master's priority never fails over.
+    "hcloud_lb:vrrp:check:weight": (
+        "vrrp",
+        {
+            "interface": "ens10",
+            "virtual_router_id": 51,
+            "password": "s3cret!x",
+            "preempt": False,
+            "check": {"weight": -50},
+        },
+    ),
 }
 
 
