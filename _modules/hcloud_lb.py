@@ -129,7 +129,10 @@ def validate(settings=None):
     settings = _settings(settings)
     errors = _Errors()
     if not __salt__["config.get"]("hcloud:token"):
-        errors.append("hcloud:token: not set; the failover hook needs a read/write API token")
+        errors.append(
+            "hcloud:token: not set; the failover hook needs a read/write API token "
+            "(with salt-ssh, also sync this formula's wrapper: salt-run saltutil.sync_wrapper)"
+        )
     _check_general(errors, settings)
     _check_vrrp(errors, settings.get("vrrp") or {})
     _check_nodes(errors, settings)

@@ -86,7 +86,8 @@ def test_pillar_example_is_valid(settings):
 def test_missing_token(settings, options):
     options.clear()
     assert problems(settings) == [
-        "hcloud:token: not set; the failover hook needs a read/write API token"
+        "hcloud:token: not set; the failover hook needs a read/write API token "
+        "(with salt-ssh, also sync this formula's wrapper: salt-run saltutil.sync_wrapper)"
     ]
 
 

@@ -143,7 +143,7 @@ def test_salt_ssh_runs_hcloud_lb_validate_on_the_master_with_the_pillar(ways_ssh
     ssh_log = config_path(ways_ssh.master, "ssh_log_file")
     start = ssh_log.stat().st_size
     problems = ways_ssh.run("hcloud_lb.validate").data
-    assert "hcloud:token: not set; the failover hook needs a read/write API token" in problems
+    assert any(p.startswith("hcloud:token: not set; the failover hook needs") for p in problems)
     assert [p for p in problems if p.startswith("hcloud_lb:lookup:salt_call: /nonexistent/")]
 
     # What this validate ran on the target: the salt_call check, with the path alone.
