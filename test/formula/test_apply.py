@@ -61,24 +61,34 @@ def test_first_apply_succeeds_and_both_daemons_run(deployed):
         assert b"ok installed" in out.stdout
 
 
-def test_keepalived_becomes_master_and_holds_the_alias_ip(deployed):
+def assert_master_holding_the_alias_ip(netns):
+    """keepalived is MASTER, holds the alias IP, and runs the re-assert loop."""
     state = Path("/run/hcloud_lb/state")
     assert wait_for(lambda: state.exists() and state.read_text().strip() == "MASTER", 20)
-    addrs = in_netns(deployed.netns, "ip", "-o", "addr", "show", "dev", "ens10").stdout
+    addrs = in_netns(netns, "ip", "-o", "addr", "show", "dev", "ens10").stdout
     assert " 10.231.0.100/32 " in addrs
     # The re-assert loop runs while MASTER (notify records MASTER, then starts
     # the loop and writes its pid file: wait for that).
     assert wait_for(lambda: pid_of("/run/hcloud_lb/reassert.pid"), 5)
 
 
-def test_haproxy_serves_the_group_address_from_both_backends(deployed):
+def assert_serving_from_both_backends(netns):
+    """The group address answers from both backends in turn, and /healthz answers."""
     bodies = set()
     for _ in range(4):
-        status, body = http_get(deployed.netns, GROUP_URL)
+        status, body = http_get(netns, GROUP_URL)
         assert status == 200, body
         bodies.add(body)
     assert bodies == {"a", "b"}  # roundrobin
-    assert http_get(deployed.netns, "http://127.0.0.1:8404/healthz")[0] == 200
+    assert http_get(netns, "http://127.0.0.1:8404/healthz")[0] == 200
+
+
+def test_keepalived_becomes_master_and_holds_the_alias_ip(deployed):
+    assert_master_holding_the_alias_ip(deployed.netns)
+
+
+def test_haproxy_serves_the_group_address_from_both_backends(deployed):
+    assert_serving_from_both_backends(deployed.netns)
     status, body = http_get(deployed.netns, "http://127.0.0.1:8405/metrics")
     assert status == 200
     assert "haproxy_" in body

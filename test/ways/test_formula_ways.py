@@ -54,14 +54,17 @@ from formula.conftest import (
     NODE_ID,
     changed,
     formula_on_this_host,
-    http_get,
     in_netns,
     lab_pillar,
     pid_of,
     states,
     wait_for,
 )
-from formula.test_apply import GROUP_URL, live_state
+from formula.test_apply import (
+    assert_master_holding_the_alias_ip,
+    assert_serving_from_both_backends,
+    live_state,
+)
 from saltfactories.daemons.minion import SaltMinion
 from saltfactories.daemons.sshd import Sshd
 
@@ -323,22 +326,11 @@ def test_apply_succeeds_and_the_daemons_run_in_the_node_namespace(lb):
 
 
 def test_keepalived_becomes_master_and_holds_the_alias_ip(lb):
-    state = Path("/run/hcloud_lb/state")
-    assert wait_for(lambda: state.exists() and state.read_text().strip() == "MASTER", 20)
-    addrs = in_netns(lb.netns, "ip", "-o", "addr", "show", "dev", "ens10").stdout
-    assert " 10.231.0.100/32 " in addrs
-    # notify records MASTER, then starts the loop and writes its pid: wait for that.
-    assert wait_for(lambda: pid_of("/run/hcloud_lb/reassert.pid"), 5)
+    assert_master_holding_the_alias_ip(lb.netns)
 
 
 def test_haproxy_serves_the_group_address_from_both_backends(lb):
-    bodies = set()
-    for _ in range(4):
-        status, body = http_get(lb.netns, GROUP_URL)
-        assert status == 200, body
-        bodies.add(body)
-    assert bodies == {"a", "b"}  # roundrobin
-    assert http_get(lb.netns, "http://127.0.0.1:8404/healthz")[0] == 200
+    assert_serving_from_both_backends(lb.netns)
 
 
 def test_second_apply_and_test_mode_change_nothing(lb):
