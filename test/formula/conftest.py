@@ -249,6 +249,20 @@ def lab_pillar(cloud, **overrides):
     return pillar
 
 
+def lab_project(cloud):
+    """
+    The lab pillar's project in the emulator, as after a failover to lb-backup:
+    lb-web and the alias 10.231.0.100 on lb-backup. Returns (master, backup, lb-web).
+    """
+    master = cloud.create_server(NODE_ID)
+    backup = cloud.create_server("lb-backup")
+    fip = cloud.create_floating_ip("lb-web", server_id=backup["id"])
+    network = cloud.create_network("lb-private", ip_range="10.231.0.0/16", subnet="10.231.0.0/24")
+    cloud.attach_server(master["id"], network["id"], ip="10.231.0.2")
+    cloud.attach_server(backup["id"], network["id"], ip="10.231.0.3", alias_ips=["10.231.0.100"])
+    return master, backup, fip
+
+
 def _daemons_running():
     return [
         name

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
-    NODE_ID,
     changed,
     http_get,
     in_netns,
     lab_pillar,
+    lab_project,
     pid_of,
     states,
     wait_for,
@@ -153,12 +153,7 @@ def test_second_apply_and_test_mode_change_nothing(deployed):
 
 
 def test_the_applied_hook_moves_the_floating_ip_here(deployed, cloud):
-    master = cloud.create_server(NODE_ID)
-    backup = cloud.create_server("lb-backup")
-    fip = cloud.create_floating_ip("lb-web", server_id=backup["id"])
-    network = cloud.create_network("lb-private", ip_range="10.231.0.0/16", subnet="10.231.0.0/24")
-    cloud.attach_server(master["id"], network["id"], ip="10.231.0.2")
-    cloud.attach_server(backup["id"], network["id"], ip="10.231.0.3", alias_ips=["10.231.0.100"])
+    master, _, fip = lab_project(cloud)
     # Run from the host's namespace, where the emulator listens on loopback.
     ret = subprocess.run(
         [str(SCRIPTS / "failover"), "test"], capture_output=True, text=True, timeout=60, check=False

@@ -56,6 +56,7 @@ from formula.conftest import (
     formula_on_this_host,
     in_netns,
     lab_pillar,
+    lab_project,
     pid_of,
     states,
     wait_for,
@@ -351,12 +352,7 @@ def holder(cloud, fip_id):
 
 
 def test_the_applied_hook_moves_the_floating_ip_here_from_inside_the_node(lb, cloud):
-    master = cloud.create_server(NODE_ID)
-    backup = cloud.create_server("lb-backup")
-    fip = cloud.create_floating_ip("lb-web", server_id=backup["id"])
-    network = cloud.create_network("lb-private", ip_range="10.231.0.0/16", subnet="10.231.0.0/24")
-    cloud.attach_server(master["id"], network["id"], ip="10.231.0.2")
-    cloud.attach_server(backup["id"], network["id"], ip="10.231.0.3", alias_ips=["10.231.0.100"])
+    master, backup, fip = lab_project(cloud)
 
     # The hook, run on the node through the way (so in the node's namespace).
     ret = lb.run("cmd.run_all", "/etc/keepalived/scripts/failover test")
