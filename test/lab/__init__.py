@@ -1,0 +1,1 @@
+"""The failover lab: see lab.py."""
