@@ -1,112 +1,138 @@
 """
-Demo: a failover of floating IPs and an alias IP with hcloud_ip, against the
-emulator, as keepalived's hook runs it (`salt-call --local hcloud_ip.failover`).
+The demo (``make demo``): a failover and a failback in the lab, as a timeline.
 
-It builds the seeds' setup in the emulator (lb-master and lb-backup, an http
-and a websockets floating IP, an IPv6 one, and an alias IP in a private
-network, all on lb-backup), fails over to lb-master while the API answers
-`locked` and 503 to the first attempts, and prints a timeline of what the
-API saw and when each address changed holder. Then it fails back.
+It builds the lab (client, cloud with the API emulator and a salt-master, two
+load balancer nodes, two backends; see lab/lab.py), lets the salt-master
+apply the formula to both nodes, starts steady traffic to the floating IP,
+kills haproxy on the MASTER and prints what happened and when: the health
+check failing, the backup becoming MASTER, the failover hook, each address
+changing holder in the API (and so in the cloud's routing), the first answer
+through the new node, the failover time and the requests that failed. Then
+haproxy returns on the first node, which takes its addresses back
+(preemption), shown the same way. The lab is torn down at the end, also on
+failure or Ctrl-C.
 """
 
-import json
+import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fakecloud.pytest_plugin import FakeCloudProcess
-from helpers import MasterlessNode
-
-FLOATING_IPS = ["lb-http", "lb-ws", "lb-v6"]
-ALIAS_IPS = {"lb-private": ["10.0.1.1"]}
+from lab.lab import ALIAS_IP, Lab, LabError  # noqa: E402
+from lab.timeline import failover_report  # noqa: E402
 
 
-def build_project(cloud):
-    master = cloud.create_server("lb-master")
-    backup = cloud.create_server("lb-backup")
-    cloud.create_floating_ip("lb-http", server_id=backup["id"])
-    cloud.create_floating_ip("lb-ws", server_id=backup["id"])
-    cloud.create_floating_ip("lb-v6", type="ipv6", server_id=backup["id"])
-    net = cloud.create_network("lb-private", ip_range="10.0.0.0/16", subnet="10.0.1.0/24")
-    cloud.attach_server(master["id"], net["id"], ip="10.0.1.2")
-    cloud.attach_server(backup["id"], net["id"], ip="10.0.1.3", alias_ips=["10.0.1.1"])
-    cloud.wait_idle()
-    return {master["id"]: "lb-master", backup["id"]: "lb-backup"}
+def say(text=""):
+    print(text, flush=True)
 
 
-def fail_over(node):
-    started = time.time()
-    ret = node.salt_call("hcloud_ip.failover", check=False)
-    return started, time.time(), ret
+def wait_for_switch(lab, traffic, role, since, timeout=60):
+    """Until the API has everything on ``role`` and the client got an answer through it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answered = any(
+            r["kind"] == "request"
+            and r["ok"]
+            and r["start"] >= since
+            and lab.node_of(r.get("answer")) == role
+            for r in traffic.records()
+        )
+        if answered and lab.all_on(role):
+            return True
+        time.sleep(0.2)
+    return False
 
 
-def print_timeline(cloud, names, started, ended, since):
-    print(f"  {'t+s':>6}  what")
-    rows = [(started, "keepalived's hook starts salt-call --local hcloud_ip.failover")]
-    for request in cloud.requests():
-        if request["time"] >= started and request["method"] == "POST":
-            outcome = f"{request['status']}" + (
-                f" ({request['fault']})" if request["fault"] else ""
-            )
-            rows.append(
-                (request["time"], f"API {request['method']} {request['path']} -> {outcome}")
-            )
-    for event in cloud.events(since=since)["events"]:
-        old = names.get(event["old_server_id"], "nobody")
-        new = names.get(event["new_server_id"], "nobody")
-        where = f" in network {event['network_id']}" if event["kind"] == "alias_ip" else ""
-        rows.append((event["time"], f"{event['ip']}{where} now routed to {new} (was {old})"))
-    rows.append((ended, "salt-call returns"))
-    for when, what in sorted(rows):
-        print(f"  {when - started:6.2f}  {what}")
+def show(report):
+    say("\n".join(report.lines()))
+    say(f"  => {report.summary()}")
+    if report.failed:
+        kinds = sorted(
+            {r.get("error", f"HTTP {r.get('status')}").split(":")[0] for r in report.failed}
+        )
+        span = report.failed[-1]["start"] - report.failed[0]["start"]
+        say(
+            f"     the failed requests ({', '.join(kinds)}) were sent within {span:.2f} s "
+            "of each other, while the floating IP still led to the dead haproxy"
+        )
 
 
-def print_report(ret):
-    if ret.returncode != 0:
-        print(ret.stdout, ret.stderr)
-        raise SystemExit(f"failover failed with exit code {ret.returncode}")
-    report = json.loads(ret.stdout)["local"]
-    print(f"  result: {report['result']} in {report['seconds']} s (inside salt-call)")
-    for kind in ("floating_ips", "alias_ips"):
-        for label, entry in report[kind].items():
-            state = "moved" if entry["moved"] else entry.get("comment", entry.get("error"))
-            print(f"    {label}: {state}")
+def episode(lab, traffic, title, fault_text, act, new_role):
+    say(f"\n== {title}")
+    fault = time.time()
+    act()
+    switched = wait_for_switch(lab, traffic, new_role, fault)
+    time.sleep(2)  # a little traffic after the switch, to show none of it fails
+    report = failover_report(lab, fault, fault_text, traffic.records(), new_role)
+    show(report)
+    if not switched:
+        raise LabError(f"no switch to {new_role}: {lab.describe()}")
+    return report
 
 
 def main():
-    print("Starting the Hetzner Cloud API emulator (actions take 1 s, as on the real API)")
-    with (
-        FakeCloudProcess(openapi=None, action_duration=1.0) as cloud,
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        names = build_project(cloud)
-        failover = {"floating_ips": FLOATING_IPS, "alias_ips": ALIAS_IPS}
-        nodes = {
-            name: MasterlessNode(tmp, name, cloud, failover=failover) for name in names.values()
-        }
-        print("lb-backup holds lb-http, lb-ws, lb-v6 and alias 10.0.1.1; lb-master takes over.")
-        print("The API answers 'locked' and then 503 to the first assign attempts.\n")
-        cloud.add_fault("/floating_ips/*/actions/assign", count=1, status=423, code="locked")
-        cloud.add_fault("/floating_ips/*/actions/assign", count=1, status=503, code="unavailable")
-        cloud.clear_requests()
-        since = cloud.events()["last"]
-        started, ended, ret = fail_over(nodes["lb-master"])
-        print_timeline(cloud, names, started, ended, since)
-        print_report(ret)
-
-        print("\nFailback: lb-backup takes everything back, with no faults this time.\n")
-        cloud.clear_requests()
-        since = cloud.events()["last"]
-        started, ended, ret = fail_over(nodes["lb-backup"])
-        print_timeline(cloud, names, started, ended, since)
-        print_report(ret)
-        print("\nRunning it again moves nothing: everything is already there.")
-        _, _, ret = fail_over(nodes["lb-backup"])
-        print_report(ret)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    lab = Lab(name="hdemo", say=say)
+    started = time.monotonic()
+    try:
+        say(
+            "== Building the lab: namespaces, the API emulator, a salt-master, two nodes, "
+            "two backends"
+        )
+        lab.up()
+        master = lab.master_node()
+        backup = next(role for role in lab.nodes if role != master)
+        addresses = ", ".join(f"{name} {ip}" for name, ip in lab.floating_ips.items())
+        say(
+            f"   up in {time.monotonic() - started:.1f} s; the salt-master applied the formula "
+            f"(highstate) to lb1 and lb2"
+        )
+        say(
+            f"   {master} is MASTER, {backup} BACKUP; {addresses} and alias {ALIAS_IP} "
+            f"are on {master}"
+        )
+        say(
+            f"\n== Steady traffic: a new connection every 20 ms to "
+            f"http://{lab.floating_ips['lab-http']}/"
+        )
+        traffic = lab.start_traffic()
+        time.sleep(2)
+        warmup = traffic.records()
+        ok = [r for r in warmup if r["ok"]]
+        say(f'   {len(ok)} of {len(warmup)} answered, e.g. "{ok[-1]["answer"]}"')
+        failover = episode(
+            lab,
+            traffic,
+            f"Failover: kill -9 haproxy on {master} (the MASTER)",
+            f"haproxy killed on {master}",
+            lambda: lab.kill_haproxy(master),
+            backup,
+        )
+        failback = episode(
+            lab,
+            traffic,
+            f"Failback: haproxy starts again on {master}",
+            f"haproxy started on {master}",
+            lambda: lab.start_haproxy(master),
+            master,
+        )
+        traffic.stop()
+        say("\n== Summary")
+        say(f"   failover: {failover.summary()}")
+        say(f"   failback: {failback.summary()}")
+        return 0 if not failover.failed_after_switch and not failback.failed_after_switch else 1
+    except LabError as exc:
+        say(f"\nthe demo failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("\ninterrupted")
+        return 130
+    finally:
+        say("\n== Tearing the lab down")
+        lab.down()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

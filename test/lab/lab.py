@@ -686,6 +686,117 @@ class Lab:
         states = {role: node.vrrp_state() for role, node in self.nodes.items()}
         return f"VRRP states {states}, holders {self.holders()}"
 
+    # ---- faults --------------------------------------------------------------------
+
+    def kill_haproxy(self, role):
+        """kill -9 every haproxy process of the node (its own PID namespace: only its own)."""
+        self.nodes[role].run("pkill", "-KILL", "-x", "haproxy", check=True)
+
+    def start_haproxy(self, role):
+        self.nodes[role].run("/etc/init.d/haproxy", "start", check=True)
+
+    def freeze(self, role):
+        """Stop every process of the node, as a paused VM: keepalived sends nothing more."""
+        self.nodes[role].signal_all(signal.SIGSTOP)
+
+    def resume(self, role):
+        self.nodes[role].signal_all(signal.SIGCONT)
+
+    def stop_salt_master(self):
+        process = self.processes.pop("master")
+        process.terminate()
+        process.wait(30)
+        self._kill_matching(["salt-master", "-c", str(self.workdir / "master")])
+
+    def start_salt_master(self):
+        self.processes["master"] = self.cloud.popen(
+            str(VENV_BIN / "salt-master"),
+            "-c",
+            str(self.workdir / "master"),
+            log=self.workdir / "master" / "stderr.log",
+        )
+        _wait(
+            lambda: self.salt("*", "test.ping", timeout=10)["ok"],
+            120,
+            "the minions did not come back to the restarted master",
+        )
+
+    def cut_vrrp(self):
+        """The cloud drops everything between the nodes' private addresses (both ways)."""
+        a, b = (spec["private"] for spec in NODES.values())
+        for source, target in ((a, b), (b, a)):
+            self.cloud.run(
+                "ip", "rule", "add", "from", source, "to", target, "prohibit", check=True
+            )
+
+    def heal_vrrp(self):
+        a, b = (spec["private"] for spec in NODES.values())
+        for source, target in ((a, b), (b, a)):
+            self.cloud.run("ip", "rule", "del", "from", source, "to", target, "prohibit")
+
+    @staticmethod
+    def _kill_matching(fragments):
+        wanted = " ".join(fragments)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    if wanted in cmdline:
+                        os.kill(int(entry.name), signal.SIGKILL)
+
+    # ---- traffic ----------------------------------------------------------------
+
+    def start_traffic(self, groups=("http",), interval=0.02, timeout=1.0, hold=False):
+        """Steady requests from the client to the groups' floating IPs; returns a Traffic."""
+        out = self.workdir / f"traffic-{time.time():.6f}.jsonl"
+        argv = [
+            "/usr/bin/python3",
+            str(LAB_DIR / "traffic.py"),
+            "--out",
+            str(out),
+            "--interval",
+            str(interval),
+            "--timeout",
+            str(timeout),
+        ]
+        for group in groups:
+            argv += ["--url", f"http://{self.floating_ips['lab-' + group]}/"]
+        if hold:
+            argv += ["--hold", f"{self.floating_ips['lab-ws']}:80"]
+        process = self.client.popen(*argv, log=self.workdir / "traffic.log")
+        _wait(lambda: out.exists(), 10, "the traffic generator did not start")
+        return Traffic(process, out)
+
+    def node_of(self, answer):
+        """The node a backend's answer came through ("be1 via 10.241.0.12" -> lb2)."""
+        for role, spec in NODES.items():
+            if answer and answer.endswith(f"via {spec['private']}"):
+                return role
+        return None
+
+    def api_events(self, since_time=0.0):
+        return [e for e in self.api.events()["events"] if e["time"] >= since_time]
+
+    def server_role(self, server_id):
+        return next((r for r, s in self.servers.items() if s["id"] == server_id), None)
+
+
+class Traffic:
+    """A running traffic generator; ``stop()`` returns its records."""
+
+    def __init__(self, process, path):
+        self.process, self.path = process, path
+
+    def records(self):
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+        return self.records()
+
 
 def _merge(base, overrides):
     for key, value in overrides.items():
