@@ -54,9 +54,11 @@ PRIVATE_GATEWAY = "10.241.0.1"
 ALIAS_IP = "10.241.0.100"
 METADATA_IP = "169.254.169.254"
 API_PORT = 8080
+# High priorities on both: a backup waits (256 - priority) / 256 of an advert
+# interval (its skew time) before it takes over from a master that gave up.
 NODES = {
-    "lb1": {"private": "10.241.0.11", "priority": 150},
-    "lb2": {"private": "10.241.0.12", "priority": 100},
+    "lb1": {"private": "10.241.0.11", "priority": 254},
+    "lb2": {"private": "10.241.0.12", "priority": 250},
 }
 BACKENDS = {"be1": "10.241.0.21", "be2": "10.241.0.22"}
 HTTP_PORT, LINE_PORT = 8080, 8081
@@ -143,6 +145,7 @@ class Node(Host):
             time.sleep(0.05)
         children = Path(f"/proc/{unshare.pid}/task/{unshare.pid}/children").read_text().split()
         self.init_pid = int(children[0])
+        (self.root / "ready").write_text(f"1 {self.init_pid}")
 
     def pids(self):
         """This machine's PIDs of every process on the node (its PID namespace)."""
@@ -224,6 +227,22 @@ class Lab:
             if not os.environ.get("LAB_KEEP_ON_FAILURE"):
                 self.down(quiet=True)
             raise
+        return self
+
+    def attach(self):
+        """Take over a lab another process brought up (``lab up``), to look and act on it."""
+        sys.path.insert(0, str(TEST_DIR))
+        from fakecloud.pytest_plugin import FakeCloud  # noqa: PLC0415
+
+        self.token = (self.workdir / "token").read_text()
+        port = (self.workdir / "api_port").read_text()
+        self.api = FakeCloud(f"http://127.0.0.1:{port}", self.token)
+        for node in self.nodes.values():
+            node.init_pid = int((node.root / "ready").read_text().split()[1])
+        servers = self.api._api_ok("GET", "/servers")["servers"]
+        self.servers = {s["name"]: s for s in servers if s["name"] in self.nodes}
+        fips = self.api._api_ok("GET", "/floating_ips")["floating_ips"]
+        self.floating_ips = {f["name"]: f["ip"] for f in sorted(fips, key=lambda f: f["id"])}
         return self
 
     def down(self, quiet=False):
@@ -403,6 +422,7 @@ class Lab:
 
         self.api = FakeCloud(f"http://127.0.0.1:{port}", self.token)
         _wait(lambda: _responds(self.api), 20, "the emulator did not answer")
+        (self.workdir / "api_port").write_text(str(port))
 
     def _build_project(self):
         api = self.api

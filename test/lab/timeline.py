@@ -41,7 +41,7 @@ class Report:
         if self.failover_seconds is None:
             return f"no answer through {self.new_role} yet"
         return (
-            f"failover time {self.failover_seconds:.2f} s (fault to first answer through "
+            f"switch time {self.failover_seconds:.2f} s (fault to first answer through "
             f"{self.new_role}); requests failed: {len(self.failed)} of {self.requests}, "
             f"{len(self.failed_after_switch)} after the switch completed"
         )

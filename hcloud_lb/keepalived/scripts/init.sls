@@ -12,8 +12,11 @@ include:
   - {{ tplroot }}.package
 {%- if not errors %}
 {%-   set scripts_dir = hcloud_lb.lookup.keepalived.scripts_dir %}
+{%-   set check = hcloud_lb.vrrp.check %}
 {%-   set check_context = {'monitor': hcloud_lb.haproxy.monitor,
-                             'timeout': hcloud_lb.vrrp.check.timeout} %}
+                             'timeout': check.timeout,
+                             'probe_interval': check.probe_interval,
+                             'window': [check.interval - check.probe_interval, 0] | max} %}
 {%-   set notify_context = {'hook': scripts_dir ~ '/failover',
                               'interval': hcloud_lb.hook.reassert_interval} %}
 {%-   set failover_context = {'salt_call': hcloud_lb.lookup.salt_call,
