@@ -188,9 +188,16 @@ def _check_vrrp(errors, vrrp):
 
 
 def _check_health_check(errors, check, preempt):
-    for key in ("interval", "timeout"):
+    # keepalived runs scripts in whole seconds; the probes within a run may be finer.
+    interval = _int_in(check.get("interval"), 1, 3600)
+    if interval is None:
+        errors.add("vrrp:check:interval", f"{check.get('interval')!r} is not whole seconds 1-3600")
+    for key in ("probe_interval", "timeout"):
         if not _positive_number(check.get(key)):
             errors.add(f"vrrp:check:{key}", f"{check.get(key)!r} is not a positive number")
+    if interval and _positive_number(check.get("probe_interval")):
+        if float(check["probe_interval"]) > interval:
+            errors.add("vrrp:check:probe_interval", f"must not exceed interval ({interval} s)")
     for key in ("fall", "rise"):
         if _int_in(check.get(key), 1, 100) is None:
             errors.add(f"vrrp:check:{key}", f"{check.get(key)!r} is not within 1-100")
@@ -351,8 +358,10 @@ def _executable_on_the_node(path):
 def node(settings=None):
     """
     This minion's keepalived values: priority, address, the other nodes'
-    addresses as unicast peers, and the initial state (MASTER for the highest
-    priority when preempting, else BACKUP).
+    addresses as unicast peers, the initial state (MASTER for the highest
+    priority when preempting, else BACKUP), and ``outranked_by``: the minion
+    ids of the other nodes that would win a VRRP election against this one,
+    which the failover hook's re-assert leaves the addresses to.
 
     CLI Example:
 
@@ -366,15 +375,26 @@ def node(settings=None):
     priority = int(me["priority"])
     preempt = settings["vrrp"]["preempt"]
     highest = max(int(other["priority"]) for other in nodes.values())
+    others = {name: other for name, other in nodes.items() if name != __grains__["id"]}
     return {
         "id": __grains__["id"],
         "priority": priority,
         "address": str(me["address"]),
-        "peers": [
-            str(other["address"]) for name, other in nodes.items() if name != __grains__["id"]
-        ],
+        "peers": [str(other["address"]) for other in others.values()],
         "state": "MASTER" if preempt and priority == highest else "BACKUP",
+        "outranked_by": [
+            name for name, other in others.items() if _vrrp_rank(other) > _vrrp_rank(me)
+        ],
     }
+
+
+def _vrrp_rank(node_values):
+    """
+    Who wins a VRRP election: the higher priority, then (RFC 5798) the higher
+    primary address. The address as a number orders like ipaddress within a
+    family and cannot fail on a pillar mixing families.
+    """
+    return int(node_values["priority"]), int(_ip(node_values["address"]))
 
 
 def script_security_problems(path):
