@@ -25,6 +25,7 @@ Options, read with ``config.get`` (minion config, grains or pillar):
         floating_ips: [lb-http, 2001:db8:1::1]
         alias_ips:
           lb-private: [10.0.1.1]
+        yield_to: [lb-master]                 # peers a re-assert leaves addresses on
 
 A floating IP is named by its name, its ID or its address (for an IPv6
 floating IP any address in its /64). A server or network by its name or ID.
@@ -627,16 +628,24 @@ class _Snapshot:
             return None
         return {"id": server_id, "name": self.names.get(server_id)}
 
+    def is_one_of(self, server_id, refs):
+        """Whether refs name the server, by name or ID."""
+        return server_id is not None and bool({str(server_id), self.names.get(server_id)} & refs)
+
 
 class _FloatingIPGoal:
-    """A floating IP that must end up on target (or on no server, if target is None)."""
+    """
+    A floating IP that must end up on target (or on no server, if target is
+    None), unless a server in yield_to holds it.
+    """
 
     kind = "floating_ip"
 
-    def __init__(self, ref, target):
+    def __init__(self, ref, target, yield_to=frozenset()):
         self.ref = ref
         self.target_id = target.id if target else None
         self.target_name = target.name if target else None
+        self.yield_to = yield_to
         self.fip = None
         self.initial_holder = None
         self.moved = False
@@ -649,8 +658,15 @@ class _FloatingIPGoal:
         self.fip = _find_floating_ip(snapshot.floating_ips, self.ref)
         self.initial_holder = snapshot.floating_ip_holder(self.fip.id)
 
+    def yielded(self, snapshot):
+        """{address: holder} when a server in yield_to holds it: left there."""
+        holder = snapshot.floating_ip_holder(self.fip.id)
+        if holder != self.target_id and snapshot.is_one_of(holder, self.yield_to):
+            return {self.fip.ip: snapshot.names.get(holder)}
+        return {}
+
     def steps(self, snapshot, client):
-        if snapshot.floating_ip_holder(self.fip.id) == self.target_id:
+        if snapshot.floating_ip_holder(self.fip.id) == self.target_id or self.yielded(snapshot):
             return []
         if self.target_id is None:
             return [(f"unassign {self.label}", lambda: client.floating_ips.unassign(self.fip))]
@@ -673,15 +689,19 @@ class _FloatingIPGoal:
 
 
 class _AliasGoal:
-    """Alias IPs in a network that must end up on target, taken from any other holder first."""
+    """
+    Alias IPs in a network that must end up on target, taken from any other
+    holder first, except those a server in yield_to holds.
+    """
 
     kind = "alias_ip"
 
-    def __init__(self, network_ref, ips, target):
+    def __init__(self, network_ref, ips, target, yield_to=frozenset()):
         self.network_ref = network_ref
         self.ips = ips
         self.target_id = target.id
         self.target_name = target.name
+        self.yield_to = yield_to
         self.network = None
         self.initial = None
         self.moved = False
@@ -710,8 +730,20 @@ class _AliasGoal:
             if ip in self.ips
         }
 
+    def yielded(self, snapshot):
+        """{alias IP: holder} for ours that a server in yield_to holds: left there."""
+        return {
+            ip: snapshot.names.get(server_id)
+            for server_id, aliases in snapshot.alias_holders(self.network.id, self.ips).items()
+            if server_id != self.target_id and snapshot.is_one_of(server_id, self.yield_to)
+            for ip in aliases
+            if ip in self.ips
+        }
+
     def steps(self, snapshot, client):
-        holders = snapshot.alias_holders(self.network.id, self.ips)
+        yielded = self.yielded(snapshot)
+        wanted = [ip for ip in self.ips if ip not in yielded]
+        holders = snapshot.alias_holders(self.network.id, wanted)
         others = {sid: aliases for sid, aliases in holders.items() if sid != self.target_id}
         if others:
             # The API refuses an alias IP that another server in the network holds,
@@ -719,12 +751,12 @@ class _AliasGoal:
             return [
                 (
                     f"release {self.label} from {snapshot.names.get(server_id)}",
-                    self._change(client, server_id, [ip for ip in aliases if ip not in self.ips]),
+                    self._change(client, server_id, [ip for ip in aliases if ip not in wanted]),
                 )
                 for server_id, aliases in others.items()
             ]
         mine = snapshot.aliases(self.target_id, self.network.id) or []
-        missing = [ip for ip in self.ips if ip not in mine]
+        missing = [ip for ip in wanted if ip not in mine]
         if not missing:
             return []
         return [
@@ -891,9 +923,20 @@ def _report(goal, failures, snapshot):
     entry.update(goal.outcome(snapshot))
     if error:
         entry["error"] = error
+    elif yielded := goal.yielded(snapshot):
+        entry["comment"] = _left_there(yielded)
     elif not goal.moved:
         entry["comment"] = "already here"
     return entry
+
+
+def _left_there(yielded):
+    """Say which of a goal's addresses a re-assert left on which outranking peer."""
+    return "; ".join(
+        f"{', '.join(ip for ip, h in yielded.items() if h == holder)} held by {holder}, "
+        "which outranks this node; left there (re-assert)"
+        for holder in sorted(set(yielded.values()))
+    )
 
 
 def _clock(deadline):
@@ -1009,7 +1052,7 @@ def _read_alias_ips(client, network, server):
     return {"server": server.name, "network": net.name, "alias_ips": sorted(private.alias_ips)}
 
 
-def _failover_goals(floating_ips, alias_ips, me):
+def _failover_goals(floating_ips, alias_ips, me, yield_to):
     settings = _option("failover", {}) or {}
     fip_refs = _split(settings.get("floating_ips") if floating_ips is None else floating_ips)
     alias_map = settings.get("alias_ips") if alias_ips is None else alias_ips
@@ -1017,8 +1060,8 @@ def _failover_goals(floating_ips, alias_ips, me):
         raise SaltInvocationError(
             "hcloud:failover:alias_ips must map a network name or ID to a list of IPs"
         )
-    goals = [_FloatingIPGoal(ref, me) for ref in fip_refs]
-    goals += [_AliasGoal(net, _split(ips), me) for net, ips in (alias_map or {}).items()]
+    goals = [_FloatingIPGoal(ref, me, yield_to) for ref in fip_refs]
+    goals += [_AliasGoal(net, _split(ips), me, yield_to) for net, ips in (alias_map or {}).items()]
     if not goals:
         raise CommandExecutionError(
             "nothing to fail over: set hcloud:failover:floating_ips "
@@ -1027,7 +1070,7 @@ def _failover_goals(floating_ips, alias_ips, me):
     return goals
 
 
-def failover(floating_ips=None, alias_ips=None, deadline=None):
+def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
     """
     Bring every floating IP and alias IP configured for this node to this
     node's server, all at once: what keepalived's notify_master hook runs.
@@ -1041,16 +1084,28 @@ def failover(floating_ips=None, alias_ips=None, deadline=None):
     retried with jittered backoff until ``deadline`` seconds
     (hcloud:failover:deadline, default 30).
 
+    reassert
+        True for the hook's re-assert loop, which runs while this node is
+        MASTER rather than on a transition to MASTER: an address held by a
+        server in ``hcloud:failover:yield_to`` (names or IDs of the peers that
+        would win a VRRP election against this node) is then left there and
+        reported so, with result True. In a split brain both nodes are MASTER
+        and re-assert, and would otherwise take the addresses from each other
+        for ever; this way the highest-ranked node keeps them. Without it (the
+        notify_master path) everything is claimed, wherever it is.
+
     Returns each address's outcome; salt-call's retcode is 1 (shown with
-    ``--retcode-passthrough``) unless everything ended on this server. An
-    event tagged ``hcloud_lb/failover`` goes to the master through the local
-    salt-minion when one runs, without waiting for it.
+    ``--retcode-passthrough``) unless everything ended on this server or was
+    left to an outranking peer. An event tagged ``hcloud_lb/failover`` goes to
+    the master through the local salt-minion when one runs, without waiting
+    for it.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-call --local --retcode-passthrough hcloud_ip.failover
+        salt-call --local hcloud_ip.failover reassert=True
         salt-call hcloud_ip.failover floating_ips=lb-http,lb-ws
     """
     client = _client()
@@ -1058,7 +1113,7 @@ def failover(floating_ips=None, alias_ips=None, deadline=None):
     tell_master = _master_notifier()
     report = None
     try:
-        report = _fail_over(client, clock, floating_ips, alias_ips)
+        report = _fail_over(client, clock, floating_ips, alias_ips, _yield_to(reassert))
     finally:
         tell_master(report)
     if not report["result"]:
@@ -1066,13 +1121,34 @@ def failover(floating_ips=None, alias_ips=None, deadline=None):
     return report
 
 
-def _fail_over(client, clock, floating_ips, alias_ips):
+def _yield_to(reassert):
+    """
+    The servers whose addresses this run leaves alone: on a re-assert, the
+    peers that outrank this node (hcloud:failover:yield_to); none on
+    notify_master, which must always claim.
+    """
+    if not reassert:
+        return frozenset()
+    return frozenset(_split((_option("failover", {}) or {}).get("yield_to")))
+
+
+def _warn_unknown_peers(yield_to, snapshot):
+    """A yield_to entry naming no server would silently let a split brain flap."""
+    for ref in sorted(yield_to):
+        if not any(snapshot.is_one_of(server.id, {ref}) for server in snapshot.servers):
+            log.warning(
+                "hcloud_ip: hcloud:failover:yield_to names no server of this project: %r", ref
+            )
+
+
+def _fail_over(client, clock, floating_ips, alias_ips, yield_to):
     me = _this_server(client, clock)[0]
-    goals = _failover_goals(floating_ips, alias_ips, me)
+    goals = _failover_goals(floating_ips, alias_ips, me, yield_to)
     log.info(
         "hcloud_ip: t+%.2fs failover of %d goal(s) to %s", clock.elapsed(), len(goals), me.name
     )
     failures, snapshot = _converge(client, goals, clock)
+    _warn_unknown_peers(yield_to, snapshot)
     log.info(
         "hcloud_ip: t+%.2fs failover to %s %s",
         clock.elapsed(),

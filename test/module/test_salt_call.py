@@ -277,6 +277,55 @@ def test_failover_without_a_list_says_where_to_put_one(node, pair):
     assert_one_line_error(node.call("hcloud_ip.failover"), "hcloud:failover:floating_ips")
 
 
+# ---------------------------------------------------------------- re-assert in a split brain
+
+
+def test_a_reassert_leaves_what_an_outranking_peer_holds(node, cloud, pair, private_net):
+    master, backup, fip = pair
+    node.set_options(
+        {
+            **node.options,
+            "failover": {
+                "floating_ips": ["lb-http"],
+                "alias_ips": {"lb-private": ["10.0.1.1"]},
+                "yield_to": ["lb-backup"],
+            },
+        }
+    )
+    cloud.clear_requests()
+    ret = node.call("hcloud_ip.failover", "reassert=True")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert ret.data["result"] is True
+    left = "held by lb-backup, which outranks this node; left there (re-assert)"
+    assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["comment"] == f"{fip['ip']} {left}"
+    assert ret.data["alias_ips"]["10.0.1.1 in lb-private"]["comment"] == f"10.0.1.1 {left}"
+    assert not [r for r in cloud.requests() if r["method"] != "GET"]
+    assert holder(cloud, fip["id"]) == backup["id"]
+    assert "10.0.1.1" in aliases(cloud, backup["id"], private_net["id"])
+
+    # notify_master, a transition to MASTER, claims whoever holds them.
+    ret = node.call("hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert holder(cloud, fip["id"]) == master["id"]
+    assert "10.0.1.1" in aliases(cloud, master["id"], private_net["id"])
+
+
+@pytest.mark.parametrize("yield_to", [[], ["lb-gone"]], ids=["top-node", "unknown-peer"])
+def test_a_reassert_takes_back_what_a_peer_it_outranks_holds(node, cloud, pair, yield_to):
+    # The freeze case: the backup took over from a frozen master, which wakes up
+    # still MASTER; keepalived does not call notify_master again.
+    master, _, fip = pair
+    node.set_options(
+        {**node.options, "failover": {"floating_ips": ["lb-http"], "yield_to": yield_to}}
+    )
+    ret = node.call("-l", "warning", "hcloud_ip.failover", "reassert=True")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["moved"] is True
+    assert holder(cloud, fip["id"]) == master["id"]
+    warning = "hcloud:failover:yield_to names no server of this project: 'lb-gone'"
+    assert (warning in ret.stderr) is bool(yield_to)
+
+
 # ---------------------------------------------------------------- faults
 
 

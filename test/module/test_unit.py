@@ -10,6 +10,8 @@ from unittest.mock import MagicMock
 import pytest
 import requests
 from hcloud import APIException
+from hcloud.networks import Network
+from hcloud.servers import PrivateNet, Server
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from _modules import hcloud_ip
@@ -202,13 +204,119 @@ def test_a_bad_deadline_is_refused(value):
 def test_failover_refuses_alias_ips_that_are_not_a_mapping(options):
     options["failover"] = {"alias_ips": ["10.0.1.1"]}
     with pytest.raises(SaltInvocationError, match="hcloud:failover:alias_ips must map"):
-        hcloud_ip._failover_goals(None, None, SimpleNamespace(id=1, name="lb-master"))
+        hcloud_ip._failover_goals(None, None, SimpleNamespace(id=1, name="lb-master"), frozenset())
 
 
 def test_split_accepts_lists_and_comma_separated_strings():
     assert hcloud_ip._split("a, b,,c") == ["a", "b", "c"]
     assert hcloud_ip._split(["a", 7]) == ["a", "7"]
     assert hcloud_ip._split(None) == []
+
+
+# ---------------------------------------------------------------- re-assert in a split brain
+
+# This node, a peer that outranks it and one that does not.
+ME = SimpleNamespace(id=1, name="lb-me")
+TOP = SimpleNamespace(id=2, name="lb-top")
+OTHER = SimpleNamespace(id=3, name="lb-other")
+NET = Network(id=5, name="lb-private", ip_range="10.0.0.0/16")
+
+
+def snapshot(fip_holder, aliases):
+    """A _Snapshot where lb-http is on fip_holder and each server has the given alias IPs."""
+    servers = [
+        Server(
+            id=server.id,
+            name=server.name,
+            private_net=[PrivateNet(NET, f"10.0.0.{server.id}", ips, mac_address=None)],
+        )
+        for server, ips in zip((ME, TOP, OTHER), aliases, strict=True)
+    ]
+    client = SimpleNamespace(
+        floating_ips=SimpleNamespace(
+            get_all=lambda: [fip(1, "lb-http", "198.51.100.7", fip_holder.id)]
+        ),
+        servers=SimpleNamespace(get_all=lambda: servers),
+    )
+    return hcloud_ip._Snapshot(client)
+
+
+def floating_ip_goal(yield_to, holder):
+    goal = hcloud_ip._FloatingIPGoal("lb-http", ME, frozenset(yield_to))
+    snap = snapshot(holder, ([], [], []))
+    goal.resolve(snap, None)
+    return goal, snap
+
+
+@pytest.mark.parametrize("yield_to", [{"lb-top"}, {"2"}], ids=["by-name", "by-id"])
+def test_a_reassert_leaves_a_floating_ip_to_a_peer_that_outranks_this_node(yield_to):
+    goal, snap = floating_ip_goal(yield_to, holder=TOP)
+    assert goal.steps(snap, MagicMock()) == []
+    assert hcloud_ip._report(goal, {}, snap) == {
+        "result": True,
+        "moved": False,
+        "ip": "198.51.100.7",
+        "from": {"id": 2, "name": "lb-top"},
+        "to": {"id": 2, "name": "lb-top"},
+        "comment": "198.51.100.7 held by lb-top, which outranks this node; left there (re-assert)",
+    }
+
+
+def test_a_reassert_still_takes_a_floating_ip_from_a_peer_this_node_outranks():
+    # The freeze case: the backup took the address; the master wakes up still MASTER.
+    goal, snap = floating_ip_goal({"lb-top"}, holder=OTHER)
+    [(what, _)] = goal.steps(snap, MagicMock())
+    assert what == "assign lb-http (198.51.100.7) to lb-me"
+
+
+def test_notify_master_claims_whoever_holds_the_floating_ip(options):
+    options["failover"] = {"yield_to": ["lb-top"]}
+    assert hcloud_ip._yield_to(reassert=False) == frozenset()
+    goal, snap = floating_ip_goal(hcloud_ip._yield_to(reassert=False), holder=TOP)
+    assert [what for what, _ in goal.steps(snap, MagicMock())] == [
+        "assign lb-http (198.51.100.7) to lb-me"
+    ]
+
+
+def test_a_reassert_reads_the_peers_to_yield_to_from_the_failover_options(options):
+    assert hcloud_ip._yield_to(reassert=True) == frozenset()
+    options["failover"] = {"yield_to": ["lb-top", 2]}
+    assert hcloud_ip._yield_to(reassert=True) == {"lb-top", "2"}
+
+
+def test_a_reassert_leaves_each_alias_ip_an_outranking_peer_holds_and_takes_the_rest():
+    client = MagicMock()
+    goal = hcloud_ip._AliasGoal("lb-private", ["10.0.1.1", "10.0.1.2"], ME, frozenset({"lb-top"}))
+    goal.network = NET
+    # lb-top outranks this node and holds 10.0.1.1; lb-other does not and holds 10.0.1.2.
+    snap = snapshot(ME, ([], ["10.0.1.1", "10.0.1.9"], ["10.0.1.2", "10.0.1.8"]))
+    [(what, release)] = goal.steps(snap, client)
+    assert what == "release 10.0.1.1, 10.0.1.2 in lb-private from lb-other"
+    release()
+    assert client.servers.change_alias_ips.call_args.args[2] == ["10.0.1.8"]
+
+    snap = snapshot(ME, (["10.0.1.7"], ["10.0.1.1", "10.0.1.9"], ["10.0.1.8"]))
+    [(what, claim)] = goal.steps(snap, client)
+    assert what == "claim 10.0.1.1, 10.0.1.2 in lb-private on lb-me"
+    claim()
+    assert client.servers.change_alias_ips.call_args.args[2] == ["10.0.1.7", "10.0.1.2"]
+
+    snap = snapshot(ME, (["10.0.1.7", "10.0.1.2"], ["10.0.1.1", "10.0.1.9"], ["10.0.1.8"]))
+    assert goal.steps(snap, client) == []
+    goal.initial = goal._holders(snap)
+    assert hcloud_ip._report(goal, {}, snap)["comment"] == (
+        "10.0.1.1 held by lb-top, which outranks this node; left there (re-assert)"
+    )
+
+
+def test_without_peers_to_yield_to_every_alias_ip_is_released_first():
+    goal = hcloud_ip._AliasGoal("lb-private", ["10.0.1.1", "10.0.1.2"], ME)
+    goal.network = NET
+    snap = snapshot(ME, ([], ["10.0.1.1"], ["10.0.1.2"]))
+    assert sorted(what for what, _ in goal.steps(snap, MagicMock())) == [
+        "release 10.0.1.1, 10.0.1.2 in lb-private from lb-other",
+        "release 10.0.1.1, 10.0.1.2 in lb-private from lb-top",
+    ]
 
 
 # ---------------------------------------------------------------- the state module
