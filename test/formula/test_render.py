@@ -3,6 +3,8 @@ The formula rendered (state.show_sls, nothing applied) for the grains of each
 supported OS, and pillar.example validated and rendered.
 """
 
+import subprocess
+
 import pytest
 import yaml
 
@@ -113,3 +115,54 @@ def test_the_clean_state_undoes_in_reverse(tmp_path):
         "haproxy is stopped and disabled"
     )
     assert order[-1] == "haproxy and keepalived are removed"
+
+
+def render(node, template, *context):
+    """A template of the formula rendered on the node, as file.managed would."""
+    ret = node.salt_call("slsutil.renderer", f"salt://hcloud_lb/{template}", *context)
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    return ret.data
+
+
+@pytest.mark.parametrize(
+    ("priorities", "yield_to"),
+    [((254, 250), []), ((250, 254), ["lb-backup"])],
+    ids=["top-node", "outranked-node"],
+)
+def test_the_hook_config_names_the_peers_a_reassert_yields_to(tmp_path, priorities, yield_to):
+    pillar = example_pillar()
+    nodes = pillar["hcloud_lb"]["nodes"]
+    nodes["lb-master"]["priority"], nodes["lb-backup"]["priority"] = priorities
+    node = FormulaNode(tmp_path)
+    node.set_pillar(pillar)
+    config = render(node, "hook/files/minion.jinja", "tpldir=hcloud_lb/hook")
+    assert config["hcloud"]["failover"]["yield_to"] == yield_to
+
+
+def test_only_the_reassert_loop_asks_the_failover_to_yield(tmp_path):
+    node = FormulaNode(tmp_path)
+    node.set_pillar(example_pillar())
+    stub = tmp_path / "salt-call"
+    stub.write_text('#!/bin/sh\necho "salt-call $*"\n')
+    stub.chmod(0o700)
+    script = render(
+        node,
+        "keepalived/files/failover.jinja",
+        f"salt_call={stub}",
+        "hook_config_dir=/etc/hcloud_lb/salt",
+        "deadline=30",
+        "default_renderer=jinja",
+    )
+    hook = tmp_path / "failover"
+    # Its lock elsewhere than the node's /run/hcloud_lb.
+    hook.write_text(script.replace("/run/hcloud_lb", str(tmp_path / "run")))
+
+    def called_with(*argv):
+        ret = subprocess.run(
+            ["bash", str(hook), *argv], capture_output=True, text=True, timeout=30, check=True
+        )
+        return next(line for line in ret.stderr.splitlines() if "salt-call " in line)
+
+    assert called_with("reassert").endswith(" hcloud_ip.failover reassert=True")
+    assert called_with().endswith(" hcloud_ip.failover")
+    assert called_with("test").endswith(" hcloud_ip.failover")

@@ -223,11 +223,34 @@ def test_equal_priorities_with_nopreempt_is_the_alias_seed(settings):
 def test_node_values_for_this_minion(settings):
     assert hcloud_lb.node(settings) == {
         "id": "lb-master",
-        "priority": 200,
+        "priority": 254,
         "address": "10.0.0.2",
         "peers": ["10.0.0.3"],
         "state": "MASTER",
+        "outranked_by": [],
     }
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "outranked"),
+    [
+        ((100, "10.0.0.3"), (200, "10.0.0.2"), True),  # higher priority
+        ((100, "10.0.0.2"), (100, "10.0.0.3"), True),  # equal: the higher address wins
+        ((100, "10.0.0.9"), (100, "10.0.0.10"), True),  # as addresses, not as strings
+        ((100, "fd00::2"), (100, "fd00::10"), True),
+        ((200, "10.0.0.2"), (100, "10.0.0.3"), False),  # lower priority, whatever the address
+        ((100, "10.0.0.3"), (100, "10.0.0.2"), False),
+    ],
+)
+def test_a_node_is_outranked_by_a_peer_that_would_win_the_vrrp_election(
+    settings, mine, theirs, outranked
+):
+    settings["nodes"] = {
+        "lb-master": {"priority": mine[0], "address": mine[1]},
+        "lb-backup": {"priority": theirs[0], "address": theirs[1]},
+        "lb-spare": {"priority": 1, "address": "10.0.0.99"},  # outranked by every other node
+    }
+    assert hcloud_lb.node(settings)["outranked_by"] == (["lb-backup"] if outranked else [])
 
 
 def test_a_missing_salt_call_is_named(settings):
