@@ -25,7 +25,7 @@ Options, read with ``config.get`` (minion config, grains or pillar):
         floating_ips: [lb-http, 2001:db8:1::1]
         alias_ips:
           lb-private: [10.0.1.1]
-        yield_to: [lb-master]                 # peers a re-assert leaves addresses on
+        yield_to: []                          # peers outranking this node (re-assert)
 
 A floating IP is named by its name, its ID or its address (for an IPv6
 floating IP any address in its /64). A server or network by its name or ID.
