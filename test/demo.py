@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lab.lab import ALIAS_IP, Lab, LabError  # noqa: E402
-from lab.timeline import failover_report  # noqa: E402
+from lab.lab import ALIAS_IP, Lab, LabError
+from lab.timeline import failover_report
 
 
 def say(text=""):
@@ -59,7 +59,7 @@ def show(report):
         )
 
 
-def episode(lab, traffic, title, fault_text, act, new_role):
+def episode(lab, traffic, *, title, fault_text, act, new_role):
     say(f"\n== {title}")
     fault = time.time()
     act()
@@ -105,18 +105,18 @@ def main():
         failover = episode(
             lab,
             traffic,
-            f"Failover: kill -9 haproxy on {master} (the MASTER)",
-            f"haproxy killed on {master}",
-            lambda: lab.kill_haproxy(master),
-            backup,
+            title=f"Failover: kill -9 haproxy on {master} (the MASTER)",
+            fault_text=f"haproxy killed on {master}",
+            act=lambda: lab.kill_haproxy(master),
+            new_role=backup,
         )
         failback = episode(
             lab,
             traffic,
-            f"Failback: haproxy starts again on {master}",
-            f"haproxy started on {master}",
-            lambda: lab.start_haproxy(master),
-            master,
+            title=f"Failback: haproxy starts again on {master}",
+            fault_text=f"haproxy started on {master}",
+            act=lambda: lab.start_haproxy(master),
+            new_role=master,
         )
         traffic.stop()
         say("\n== Summary")

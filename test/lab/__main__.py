@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.lab import Lab, LabError  # noqa: E402
+from lab.lab import Lab, LabError
 
 
 def main():

@@ -15,7 +15,7 @@ import threading
 class Answer(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self):  # noqa: N802 - the name http.server calls
+    def do_GET(self):
         body = f"{self.server.name} via {self.client_address[0]}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -41,8 +41,8 @@ class Threaded(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
 def main():
     name, http_port, line_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    web = http.server.ThreadingHTTPServer(("0.0.0.0", http_port), Answer)  # noqa: S104 - lab-only netns
-    echo = Threaded(("0.0.0.0", line_port), Echo)  # noqa: S104
+    web = http.server.ThreadingHTTPServer(("0.0.0.0", http_port), Answer)
+    echo = Threaded(("0.0.0.0", line_port), Echo)
     web.daemon_threads = True
     web.name = echo.name = name
     threading.Thread(target=echo.serve_forever, daemon=True).start()

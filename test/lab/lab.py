@@ -178,6 +178,7 @@ class Lab:
     def __init__(
         self,
         name="hlab",
+        *,
         workdir=None,
         profile="default",
         floating_ips=2,
@@ -311,7 +312,7 @@ class Lab:
                 routes=[PRIVATE_RANGE],
             )
 
-    def _link(self, host, device, cloud_device, address, gateway, routes=("default",)):
+    def _link(self, host, device, cloud_device, address, gateway, *, routes=("default",)):
         """A point-to-point link host:device <-> cloud:cloud_device, host at address/32."""
         ns, cloud = host.netns, self.cloud.netns
         run(
@@ -471,7 +472,8 @@ class Lab:
         code = (
             "import urllib.request\n"
             "try:\n"
-            f"    print(urllib.request.urlopen({url!r}, timeout={timeout}).read().decode().strip())\n"
+            f"    answer = urllib.request.urlopen({url!r}, timeout={timeout})\n"
+            "    print(answer.read().decode().strip())\n"
             "except Exception as exc:\n"
             "    print('ERROR', exc)\n"
         )
@@ -784,7 +786,7 @@ class Lab:
         if hold:
             argv += ["--hold", f"{self.floating_ips['lab-ws']}:80"]
         process = self.client.popen(*argv, log=self.workdir / "traffic.log")
-        _wait(lambda: out.exists(), 10, "the traffic generator did not start")
+        _wait(out.exists, 10, "the traffic generator did not start")
         return Traffic(process, out)
 
     def node_of(self, answer):

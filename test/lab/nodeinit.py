@@ -13,6 +13,7 @@ Then it reaps orphans, as an init must, until it is killed; killing it kills
 every process of the host (the kernel ends a PID namespace with its init).
 """
 
+import contextlib
 import datetime
 import os
 import signal
@@ -91,7 +92,7 @@ def serve_syslog():
     """/dev/log -> /var/log/syslog, each line stamped with the time it arrived."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind("/dev/log")
-    os.chmod("/dev/log", 0o666)
+    os.chmod("/dev/log", 0o666)  # noqa: S103 - every daemon of the host logs here
     log = open("/var/log/syslog", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
 
     def pump():
@@ -111,16 +112,20 @@ def reap_forever():
     # PID 1 gets no default signal handling: say what ends it.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
+    # Every orphan of the host becomes our child: reap each as it dies, or a
+    # killed haproxy would linger as a zombie that pgrep still finds.
     while True:
-        try:
-            os.wait()
-        except ChildProcessError:
-            signal.pause()
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        signal.sigtimedwait([signal.SIGCHLD], 1)
 
 
 def main():
     root, hostname = Path(sys.argv[1]), sys.argv[2]
     become_host(root, hostname)
+    # Blocked before any thread starts, so SIGCHLD waits for reap_forever.
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     serve_syslog()
     (root / "ready").write_text(str(os.getpid()))
     reap_forever()

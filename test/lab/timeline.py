@@ -74,7 +74,7 @@ def api_events(lab, since):
     return events
 
 
-def failover_report(lab, fault, fault_text, records, new_role, extra=()):
+def failover_report(lab, fault, fault_text, records, new_role):
     """The timeline and figures of one failover to ``new_role`` that started at ``fault``."""
     window = [r for r in records if r["kind"] == "request" and r["start"] >= fault]
     through_new = [r for r in window if r["ok"] and lab.node_of(r.get("answer")) == new_role]
@@ -83,7 +83,7 @@ def failover_report(lab, fault, fault_text, records, new_role, extra=()):
     switch_done = max((e["time"] for e in moves), default=None)
     failed = [r for r in window if not r["ok"]]
     after = [r for r in failed if switch_done is not None and r["start"] >= switch_done]
-    timeline = [(fault, "lab", fault_text), *extra]
+    timeline = [(fault, "lab", fault_text)]
     timeline += syslog_events(lab, fault) + api_events(lab, fault)
     if first:
         timeline.append(
