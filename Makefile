@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SLS_FILES = $(shell find hcloud_lb -name '*.sls' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: test lint bootstrap demo bench-hcloud-ip
+.PHONY: test lint bootstrap demo bench-hcloud-ip lab-up lab-down
 
 bootstrap:
 	@tools/bootstrap
@@ -22,3 +22,9 @@ demo: bootstrap
 
 bench-hcloud-ip: bootstrap
 	$(BIN)/python test/bench/hcloud_ip_failover.py
+
+lab-up: bootstrap
+	$(BIN)/python test/lab up
+
+lab-down: bootstrap
+	$(BIN)/python test/lab down
