@@ -661,12 +661,13 @@ class Lab:
         if self.masterless:
             for role in self.nodes:
                 result = self.salt_call(role, *args)
-                if not result["ok"]:
+                if not result["ok"] or _failed_states(result["data"]):
                     raise LabError(f"applying the formula on {role} failed:\n{result['output']}")
             return
         result = self.salt("*", *args)
-        if not result["ok"]:
-            raise LabError(f"applying the formula failed:\n{result['output']}")
+        failed = {role: _failed_states(result["returns"].get(role)) for role in self.nodes}
+        if not result["ok"] or any(failed.values()):
+            raise LabError(f"applying the formula failed: {failed}\n{result['output'][-4000:]}")
 
     # ---- observing --------------------------------------------------------------------
 
@@ -818,6 +819,13 @@ class Traffic:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(30)
         return self.records()
+
+
+def _failed_states(ret):
+    """The comments of the states that did not succeed in a state.apply return."""
+    if not isinstance(ret, dict):
+        return [f"no state results: {ret!r}"[:2000]]
+    return [s.get("comment") for s in ret.values() if isinstance(s, dict) and not s.get("result")]
 
 
 def _merge(base, overrides):

@@ -7,9 +7,12 @@ and a client measuring what a user would see.
 
 import contextlib
 import datetime
+import subprocess
 import time
+from pathlib import Path
 
-from lab.lab import ALIAS_IP, BACKENDS
+import pytest
+from lab.lab import ALIAS_IP, BACKENDS, Lab, LabError
 from lab.timeline import failover_report
 
 from lab_tests.conftest import PRIMARY, SECONDARY, wait_until
@@ -246,3 +249,30 @@ def test_masterless_lab_fails_over(lab_factory):
     finally:
         traffic.stop()
         lab.down(quiet=True)
+    assert_nothing_left(lab)
+
+
+def test_a_failed_start_leaves_nothing_behind():
+    # A VRRP password keepalived cannot take: the highstate fails, up() raises.
+    lab = Lab(name="hltfail", pillar={"vrrp": {"password": "far-too-long"}})
+    with pytest.raises(LabError, match="vrrp:password"):
+        lab.up()
+    assert_nothing_left(lab)
+
+
+def assert_nothing_left(lab):
+    """No namespace, process, mount or file of the lab remains."""
+    listing = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, text=True)
+    namespaces = listing.stdout
+    assert f"{lab.name}-" not in namespaces, namespaces
+    assert not lab.workdir.exists()
+    leftovers = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if (
+                entry.name.isdigit()
+                and str(lab.workdir).encode() in (entry / "cmdline").read_bytes()
+            ):
+                leftovers.append(int(entry.name))
+    assert not leftovers, leftovers
+    assert str(lab.workdir) not in Path("/proc/self/mountinfo").read_text()
