@@ -195,9 +195,9 @@ def _check_health_check(errors, check, preempt):
     for key in ("probe_interval", "timeout"):
         if not _positive_number(check.get(key)):
             errors.add(f"vrrp:check:{key}", f"{check.get(key)!r} is not a positive number")
-    if interval and _positive_number(check.get("probe_interval")):
-        if float(check["probe_interval"]) > interval:
-            errors.add("vrrp:check:probe_interval", f"must not exceed interval ({interval} s)")
+    probe_interval = check.get("probe_interval")
+    if interval and _positive_number(probe_interval) and float(probe_interval) > interval:
+        errors.add("vrrp:check:probe_interval", f"must not exceed interval ({interval} s)")
     for key in ("fall", "rise"):
         if _int_in(check.get(key), 1, 100) is None:
             errors.add(f"vrrp:check:{key}", f"{check.get(key)!r} is not within 1-100")
