@@ -112,6 +112,18 @@ def test_missing_token(settings, options):
         ({"vrrp": {"check": {"weight": 300}}}, "hcloud_lb:vrrp:check:weight: 300 is not within"),
         ({"vrrp": {"check": {"fall": 0}}}, "hcloud_lb:vrrp:check:fall: 0 is not within 1-100"),
         (
+            {"vrrp": {"check": {"interval": 0.5}}},
+            "hcloud_lb:vrrp:check:interval: 0.5 is not whole seconds 1-3600",
+        ),
+        (
+            {"vrrp": {"check": {"probe_interval": 2}}},
+            "hcloud_lb:vrrp:check:probe_interval: must not exceed interval (1 s)",
+        ),
+        (
+            {"vrrp": {"check": {"probe_interval": "often"}}},
+            "hcloud_lb:vrrp:check:probe_interval: 'often' is not a positive number",
+        ),
+        (
             {"nodes": {"lb-master": {"address": "10.0.0.300"}}},
             "hcloud_lb:nodes:lb-master:address: '10.0.0.300' is not an IP address",
         ),
