@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SLS_FILES = $(shell find hcloud_lb -name '*.sls' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: test lint bootstrap demo bench-hcloud-ip lab-up lab-down
+.PHONY: test lint bootstrap demo bench bench-hcloud-ip lab-up lab-down
 
 bootstrap:
 	@tools/bootstrap
@@ -19,6 +19,9 @@ test: lint
 
 demo: bootstrap
 	$(BIN)/python test/demo.py
+
+bench: bootstrap
+	$(BIN)/python test/bench/failover_lab.py
 
 bench-hcloud-ip: bootstrap
 	$(BIN)/python test/bench/hcloud_ip_failover.py
