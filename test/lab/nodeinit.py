@@ -6,7 +6,7 @@ PID 1 of one lab host: run by the lab as
 
 so the host has its own network, mount, PID, UTS and IPC namespaces. It gives
 the host its own /etc and /var (overlays over this machine's, changes kept in
-ROOT), its own empty /run, /tmp and /dev (with the usual devices), a fresh
+ROOT), its own empty /run and /dev (with the usual devices), a fresh
 /proc, its hostname, and a syslog at /dev/log writing /var/log/syslog with
 millisecond timestamps (keepalived, haproxy and the failover hook log there).
 Then it reaps orphans, as an init must, until it is killed; killing it kills
@@ -75,7 +75,6 @@ def become_host(root, hostname):
     for directory in ("/etc", "/var"):
         own_overlay(root, directory)
     mount("-t", "tmpfs", "-o", "mode=755,nosuid,nodev", "tmpfs", "/run")
-    mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", "/tmp")
     own_dev(root)
     socket.sethostname(hostname)
     Path("/etc/hostname").write_text(hostname + "\n")

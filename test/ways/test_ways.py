@@ -137,6 +137,7 @@ def test_salt_ssh_runs_hcloud_lb_validate_on_the_master_with_the_pillar(ways_ssh
         "address": "10.0.0.2",
         "peers": ["10.0.0.3"],
         "state": "MASTER",
+        "outranked_by": [],
     }, node
 
     ways_ssh.set_pillar({"hcloud_lb": {"lookup": lookup}})
