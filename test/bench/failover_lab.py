@@ -85,6 +85,7 @@ SWITCH_TIMEOUT = 30  # seconds from the fault until the switch must be complete
 AFTER_SWITCH = 2.0  # seconds of traffic watched after the switch completed
 RESTORE_TIMEOUT = 60  # seconds for the original master to hold everything again
 SEEDS_GRACE = 15  # seconds the seeds' way gets to restore itself after a freeze
+QUIET = 3.0  # seconds without any address move before a fault
 
 
 def say(text=""):
@@ -325,6 +326,18 @@ def wait_restored(lab, role, *, alias, timeout):
     raise LabError(f"{role} did not hold everything again within {timeout} s: {lab.describe()}")
 
 
+def wait_quiet(lab, role, *, alias, timeout=RESTORE_TIMEOUT):
+    """Steady on ``role`` and no address moved for QUIET seconds (a hook still fighting
+    over the addresses would spoil the next measurement); returns the seconds waited."""
+    started = time.monotonic()
+    while True:
+        if steady_on(lab, role, alias) and not lab.api_events(time.time() - QUIET):
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise LabError(f"the lab did not settle on {role} within {timeout} s")
+        time.sleep(0.5)
+
+
 def wait_for_switch(lab, traffic, role, since, *, alias, timeout=SWITCH_TIMEOUT):
     """Until everything is routed to ``role`` and the client got an answer through it."""
     deadline = since + timeout
@@ -358,10 +371,12 @@ class Run:
     failed: int = 0
     failed_after: int = 0
     restore: float | None = None
+    settle: float | None = None  # seconds waited before the fault for the lab to be quiet
     error: str | None = None
     notes: list = dataclasses.field(default_factory=list)
     timeline: list = dataclasses.field(default_factory=list)  # (seconds after fault, who, what)
     traffic: list = dataclasses.field(default_factory=list)  # (seconds after fault, ok, via)
+    syslog: dict = dataclasses.field(default_factory=dict)  # role -> lines around the fault
 
 
 def phases_of(report, lab, new_role):
@@ -392,6 +407,11 @@ def one_run(lab, variant, scenario, number):
         return run
     backup = run.new_role = other_role(master)
     alias = variant.ours  # the seeds' way moves no alias IP
+    try:
+        run.settle = wait_quiet(lab, master, alias=alias)
+    except LabError as exc:
+        run.error = str(exc)
+        return run
     traffic = lab.start_traffic()
     try:
         time.sleep(1.0)
@@ -472,6 +492,30 @@ def measure(run, lab, report, records):
         for r in records
         if r["kind"] == "request"
     ]
+    warmup = [r for r in records if r["kind"] == "request" and r["start"] < fault]
+    bad = [r for r in warmup if not r["ok"] or lab.node_of(r.get("answer")) != run.master]
+    if bad:
+        run.notes.append(f"{len(bad)} requests before the fault not answered through {run.master}")
+    if any(who == run.new_role and what == "enters FAULT" for _, who, what in run.timeline):
+        run.notes.append(f"{run.new_role}'s health check failed during the failover (FAULT)")
+    moves = [e for e in lab.api_events(fault - QUIET) if e["time"] < fault]
+    if moves:
+        run.notes.append(f"{len(moves)} address moves in the {QUIET:g} s before the fault")
+    end = records[-1]["start"] if records else fault
+    run.syslog = {role: syslog_window(node, fault - 5, end + 1) for role, node in lab.nodes.items()}
+
+
+def syslog_window(node, start, end):
+    """The node's syslog lines stamped between start and end (for a look at odd runs)."""
+    lines = []
+    for line in node.syslog().splitlines():
+        try:
+            when = datetime.datetime.fromisoformat(line.partition(" ")[0]).timestamp()
+        except ValueError:
+            continue
+        if start <= when <= end:
+            lines.append(line[:400])
+    return lines
 
 
 def recover(lab, variant, master):
@@ -804,6 +848,15 @@ def notes(runs, variants):
     errors = [r for r in runs if r.error]
     for run in errors:
         lines.append(f"- {run.variant} {SCENARIOS[run.scenario]} #{run.number}: {run.error}")
+    slow = [r for r in runs if r.settle is not None and r.settle > QUIET + 2]
+    if slow:
+        lines.append(
+            f"- {len(slow)} runs waited for the lab to settle (no address move for {QUIET:g} s) "
+            "before the fault: "
+            + ", ".join(
+                f"{r.variant} {SCENARIOS[r.scenario]} #{r.number} {r.settle:.0f} s" for r in slow
+            )
+        )
     restores = {}
     for run in runs:
         if run.restore is not None:
