@@ -38,6 +38,7 @@ import dataclasses
 import datetime
 import json
 import os
+import random
 import re
 import signal
 import sys
@@ -86,6 +87,12 @@ AFTER_SWITCH = 2.0  # seconds of traffic watched after the switch completed
 RESTORE_TIMEOUT = 60  # seconds for the original master to hold everything again
 SEEDS_GRACE = 15  # seconds the seeds' way gets to restore itself after a freeze
 QUIET = 3.0  # seconds without any address move before a fault
+WARMUP = 1.0  # seconds of traffic before the fault...
+JITTER = 2.0  # ...plus up to this much more at random, so that the fault falls anywhere
+# in the nodes' check and advert cycles (1 and 2 s), not always in the same phase
+
+
+RANDOM = random.Random()  # noqa: S311 (a benchmark's timing, not a secret)
 
 
 def say(text=""):
@@ -414,7 +421,7 @@ def one_run(lab, variant, scenario, number):
         return run
     traffic = lab.start_traffic()
     try:
-        time.sleep(1.0)
+        time.sleep(WARMUP + RANDOM.uniform(0, JITTER))
         fault = time.time()
         if scenario == "haproxy":
             lab.kill_haproxy(master)
@@ -891,6 +898,9 @@ def parse_args():
         help="comma-separated subset of: " + ", ".join(v.key for v in VARIANTS),
     )
     parser.add_argument("--name", default="hbench", help="the lab's namespace prefix")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="seed of the random delay before each fault"
+    )
     parser.add_argument("--out", default=str(OUT_MD), help="markdown report")
     parser.add_argument("--plot", default=str(OUT_PNG), help="plot (PNG)")
     parser.add_argument("--data", default=str(OUT_JSON), help="every run's figures (JSON)")
@@ -920,6 +930,7 @@ def main():
         args.variants = [v for v in VARIANTS if v.key in meta["variants"]]
         return report([Run(**run) for run in saved["runs"]], args, meta)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    RANDOM.seed(args.seed)
     started = time.monotonic()
     load_before = os.getloadavg()[1]
     action_duration = Lab(name=args.name).action_duration
@@ -963,9 +974,10 @@ def report(runs, args, meta):
         f"{meta['load']}), {args.runs} runs per cell, emulator actions take "
         f"{meta['action_duration']:g} s, total runtime {meta['elapsed'] / 60:.1f} min. "
         "Client traffic: a new connection every 20 ms "
-        "to the lab-http floating IP (timeout 1 s). Times are from the fault; 'first answer' "
-        "is the first answer through the new node, 'all addresses moved' the last API move "
-        "(floating IPs and alias IP) to it.",
+        f"to the lab-http floating IP (timeout 1 s); each fault {WARMUP:g} s plus a random "
+        f"0-{JITTER:g} s after the traffic started, the lab quiet. Times are from the fault; "
+        "'first answer' is the first answer through the new node, 'all addresses moved' "
+        "the last API move (floating IPs and alias IP) to it.",
         "",
         *summary_table(runs, args.runs),
         "",
