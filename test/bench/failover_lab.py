@@ -86,6 +86,7 @@ SWITCH_TIMEOUT = 30  # seconds from the fault until the switch must be complete
 AFTER_SWITCH = 2.0  # seconds of traffic watched after the switch completed
 RESTORE_TIMEOUT = 60  # seconds for the original master to hold everything again
 SEEDS_GRACE = 15  # seconds the seeds' way gets to restore itself after a freeze
+RESTORE_USUAL = 8  # seconds a return to the steady state takes when all goes well
 QUIET = 3.0  # seconds without any address move before a fault
 WARMUP = 1.0  # seconds of traffic before the fault...
 JITTER = 2.0  # ...plus up to this much more at random, so that the fault falls anywhere
@@ -378,6 +379,7 @@ class Run:
     failed: int = 0
     failed_after: int = 0
     restore: float | None = None
+    restore_moves: int | None = None  # address moves until the steady state was back
     settle: float | None = None  # seconds waited before the fault for the lab to be quiet
     error: str | None = None
     notes: list = dataclasses.field(default_factory=list)
@@ -439,7 +441,7 @@ def one_run(lab, variant, scenario, number):
             run.error = f"no complete switch to {backup} within {SWITCH_TIMEOUT} s"
     finally:
         traffic.stop()
-        restore_start = time.monotonic()
+        restore_start, restore_time = time.monotonic(), time.time()
         if scenario == "freeze":
             lab.resume(master)
         else:
@@ -450,6 +452,7 @@ def one_run(lab, variant, scenario, number):
         else:
             wait_restored(lab, master, alias=alias, timeout=RESTORE_TIMEOUT)
         run.restore = time.monotonic() - restore_start
+        run.restore_moves = len(lab.api_events(restore_time))
     except LabError as exc:
         run.error = (run.error + "; " if run.error else "") + f"restore: {exc}"
     return run
@@ -868,6 +871,17 @@ def notes(runs, variants):
     for run in runs:
         if run.restore is not None:
             restores.setdefault((run.variant, run.scenario), []).append(run.restore)
+    slow = [r for r in runs if r.restore is not None and r.restore > 2 * RESTORE_USUAL]
+    slow = [r for r in slow if not (r.variant == "seeds" and r.scenario == "freeze")]
+    if slow:
+        lines.append(
+            f"- Slow returns to the steady state (over {2 * RESTORE_USUAL:g} s): "
+            + ", ".join(
+                f"{r.variant} {SCENARIOS[r.scenario]} #{r.number} {r.restore:.1f} s"
+                + (f" ({r.restore_moves} address moves)" if r.restore_moves is not None else "")
+                for r in slow
+            )
+        )
     if restores:
         lines.append(
             "- Back to the steady state after each run (median): "
