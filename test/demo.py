@@ -32,14 +32,7 @@ def wait_for_switch(lab, traffic, role, since, timeout=60):
     """Until the API has everything on ``role`` and the client got an answer through it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        answered = any(
-            r["kind"] == "request"
-            and r["ok"]
-            and r["start"] >= since
-            and lab.node_of(r.get("answer")) == role
-            for r in traffic.records()
-        )
-        if answered and lab.all_on(role):
+        if lab.switched_to(traffic, role, since):
             return True
         time.sleep(0.2)
     return False

@@ -32,11 +32,12 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from fakecloud.pytest_plugin import FakeCloud
 
 LAB_DIR = Path(__file__).resolve().parent
 TEST_DIR = LAB_DIR.parent
@@ -232,9 +233,6 @@ class Lab:
 
     def attach(self):
         """Take over a lab another process brought up (``lab up``), to look and act on it."""
-        sys.path.insert(0, str(TEST_DIR))
-        from fakecloud.pytest_plugin import FakeCloud  # noqa: PLC0415
-
         self.token = (self.workdir / "token").read_text()
         port = (self.workdir / "api_port").read_text()
         self.api = FakeCloud(f"http://127.0.0.1:{port}", self.token)
@@ -263,16 +261,9 @@ class Lab:
         if not quiet:
             self.say(f"lab {self.name}: torn down")
 
-    @staticmethod
-    def _kill_node(node):
+    def _kill_node(self, node):
         """SIGKILL to the node's init ends its PID namespace: every process of the node."""
-        wanted = [str(LAB_DIR / "nodeinit.py").encode(), str(node.root).encode()]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-                    if cmdline[1:3] == wanted:
-                        os.kill(int(entry.name), signal.SIGKILL)
+        self._kill_matching([str(LAB_DIR / "nodeinit.py"), str(node.root), node.role])
 
     @staticmethod
     def _kill_netns_processes(netns):
@@ -418,9 +409,6 @@ class Lab:
             bridge, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
         self.processes["bridge"].stdout.readline()
-        sys.path.insert(0, str(TEST_DIR))
-        from fakecloud.pytest_plugin import FakeCloud  # noqa: PLC0415
-
         self.api = FakeCloud(f"http://127.0.0.1:{port}", self.token)
         _wait(lambda: _responds(self.api), 20, "the emulator did not answer")
         (self.workdir / "api_port").write_text(str(port))
@@ -789,6 +777,21 @@ class Lab:
         process = self.client.popen(*argv, log=self.workdir / "traffic.log")
         _wait(out.exists, 10, "the traffic generator did not start")
         return Traffic(process, out)
+
+    def answers_through(self, records, role, since):
+        """The client's answered requests, started at or after ``since``, that went through role."""
+        return [
+            r
+            for r in records
+            if r["kind"] == "request"
+            and r["ok"]
+            and r["start"] >= since
+            and self.node_of(r.get("answer")) == role
+        ]
+
+    def switched_to(self, traffic, role, since):
+        """Everything routed to ``role``, and the client served through it since ``since``."""
+        return self.all_on(role) and bool(self.answers_through(traffic.records(), role, since))
 
     def node_of(self, answer):
         """The node a backend's answer came through ("be1 via 10.241.0.12" -> lb2)."""

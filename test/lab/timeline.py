@@ -77,7 +77,7 @@ def api_events(lab, since):
 def failover_report(lab, fault, fault_text, records, new_role):
     """The timeline and figures of one failover to ``new_role`` that started at ``fault``."""
     window = [r for r in records if r["kind"] == "request" and r["start"] >= fault]
-    through_new = [r for r in window if r["ok"] and lab.node_of(r.get("answer")) == new_role]
+    through_new = lab.answers_through(window, new_role, fault)
     first = min(through_new, key=lambda r: r["end"]) if through_new else None
     moves = [e for e in lab.api_events(fault) if lab.server_role(e["new_server_id"]) == new_role]
     switch_done = max((e["time"] for e in moves), default=None)

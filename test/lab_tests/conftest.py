@@ -8,20 +8,11 @@ lb1 MASTER with every address, the client served through it.
 import time
 
 import pytest
+from formula.conftest import wait_for
+
 from lab.lab import Lab
 
 PRIMARY, SECONDARY = "lb1", "lb2"
-
-
-def wait_until(predicate, timeout, interval=0.2):
-    """The predicate's first truthy value within timeout, else its last (falsy) one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def restore(lab):
@@ -33,7 +24,7 @@ def restore(lab):
     lab.heal_vrrp()
     lab.api.clear_faults()
     lab.api.configure(action_duration=lab.action_duration)
-    assert wait_until(lambda: lab.master_node() == PRIMARY and lab.all_on(PRIMARY), 90), (
+    assert wait_for(lambda: lab.master_node() == PRIMARY and lab.all_on(PRIMARY), 90), (
         lab.describe()
     )
 

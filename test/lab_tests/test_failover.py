@@ -12,33 +12,22 @@ import time
 from pathlib import Path
 
 import pytest
+from formula.conftest import wait_for
+
 from lab.lab import ALIAS_IP, BACKENDS, Lab, LabError
 from lab.timeline import failover_report
-
-from lab_tests.conftest import PRIMARY, SECONDARY, wait_until
+from lab_tests.conftest import PRIMARY, SECONDARY
 
 # Generous bounds: the lab measures ~1.3 s (haproxy death) and ~4 s (freeze);
 # a loaded CI machine must not flake. The benchmark reports the real figures.
 SWITCH_BOUND = 20
 
 
-def served_through(traffic, role, since, lab):
-    return any(
-        r["kind"] == "request"
-        and r["ok"]
-        and r["start"] >= since
-        and lab.node_of(r.get("answer")) == role
-        for r in traffic.records()
-    )
-
-
 def fail_over(lab, traffic, act, text, to, *, timeout=60):
     """Do ``act`` and wait until everything is on ``to`` and the client is served through it."""
     fault = time.time()
     act()
-    assert wait_until(
-        lambda: lab.all_on(to) and served_through(traffic, to, fault, lab), timeout
-    ), lab.describe()
+    assert wait_for(lambda: lab.switched_to(traffic, to, fault), timeout), lab.describe()
     time.sleep(1.5)  # traffic after the switch: none of it may fail
     return failover_report(lab, fault, text, traffic.records(), to)
 
@@ -77,7 +66,7 @@ def test_haproxy_death_moves_both_groups_and_the_alias_ip_and_preemption_brings_
     backend = next(iter(BACKENDS))
     assert lab.backends[backend].run("ping", "-c", "1", "-W", "2", ALIAS_IP).returncode == 0
     # The websockets group's held connection came back through the new node.
-    assert wait_until(
+    assert wait_for(
         lambda: any(
             e["event"] == "connected" for e in held_connection_events(traffic, report.fault)
         ),
@@ -101,7 +90,7 @@ def test_frozen_master_loses_its_addresses_and_takes_them_back_when_it_resumes(l
     resumed = fail_over(lab, traffic, lambda: lab.resume(PRIMARY), "lb1 resumed", PRIMARY)
     # VRRP settles on the higher priority (keepalived may pass through BACKUP
     # after the time jump); the addresses stay with it.
-    assert wait_until(lambda: lab.master_node() == PRIMARY and lab.all_on(PRIMARY), 30), (
+    assert wait_for(lambda: lab.master_node() == PRIMARY and lab.all_on(PRIMARY), 30), (
         lab.describe()
     )
     assert lab.nodes[SECONDARY].vrrp_state() == "BACKUP"
@@ -187,9 +176,9 @@ def test_cut_vrrp_link_leaves_one_holder_and_bounded_api_calls(lab, traffic):
     lab.cut_vrrp()
     try:
         # Both nodes stop hearing each other: both become MASTER.
-        assert wait_until(
-            lambda: all(n.vrrp_state() == "MASTER" for n in lab.nodes.values()), 30
-        ), lab.describe()
+        assert wait_for(lambda: all(n.vrrp_state() == "MASTER" for n in lab.nodes.values()), 30), (
+            lab.describe()
+        )
         # The higher priority keeps the addresses: the other's re-assert yields.
         interval = lab.pillar()["hcloud_lb"]["hook"]["reassert_interval"]
         time.sleep(3 * interval)
@@ -214,7 +203,7 @@ def test_cut_vrrp_link_leaves_one_holder_and_bounded_api_calls(lab, traffic):
         assert late and all(r["ok"] for r in late), [r for r in late if not r["ok"]][:5]
     finally:
         lab.heal_vrrp()
-    assert wait_until(lambda: lab.nodes[SECONDARY].vrrp_state() == "BACKUP", 30), lab.describe()
+    assert wait_for(lambda: lab.nodes[SECONDARY].vrrp_state() == "BACKUP", 30), lab.describe()
 
 
 def test_pillar_change_applied_by_highstate_while_traffic_flows(lab, traffic):
