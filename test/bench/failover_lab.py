@@ -691,31 +691,31 @@ def target_checks(runs):
     absolute("default", "haproxy", 2.0, "haproxy death, our defaults")
     absolute("default", "freeze", 4.0, "node freeze, our default profile")
     absolute("fast", "freeze", 1.5, "node freeze, our fast profile")
+
+    def relative(value, base, factor, what, describe):
+        """value <= factor x base, or not measured when either is missing."""
+        if value is None or base is None:
+            checks.append((None, f"{what}: not measured"))
+        else:
+            checks.append((value <= factor * base, f"{what}: {describe} = {value / base:.2f}x"))
+
     ours, seeds = p50(runs, "default", "haproxy"), p50(runs, "seeds", "haproxy")
-    if ours is None or seeds is None:
-        checks.append((None, "haproxy death, ours <= 0.6x the seeds' way: not measured"))
-    else:
-        checks.append(
-            (
-                ours <= 0.6 * seeds,
-                f"haproxy death, ours <= 0.6x the seeds' way: {fmt(ours)} vs {fmt(seeds)} "
-                f"= {ours / seeds:.2f}x",
-            )
-        )
-    one, eight = (
-        p50(runs, "ips1", "haproxy", "all_moved"),
-        p50(runs, "ips8", "haproxy", "all_moved"),
+    relative(
+        ours,
+        seeds,
+        0.6,
+        "haproxy death, ours <= 0.6x the seeds' way",
+        f"{fmt(ours)} vs {fmt(seeds)}",
     )
-    if one is None or eight is None:
-        checks.append((None, "8 floating IPs all moved <= 1.2x 1 floating IP: not measured"))
-    else:
-        checks.append(
-            (
-                eight <= 1.2 * one,
-                f"8 floating IPs (all addresses moved) <= 1.2x 1 floating IP: p50 {fmt(eight)} "
-                f"vs {fmt(one)} = {eight / one:.2f}x",
-            )
-        )
+    one = p50(runs, "ips1", "haproxy", "all_moved")
+    eight = p50(runs, "ips8", "haproxy", "all_moved")
+    relative(
+        eight,
+        one,
+        1.2,
+        "8 floating IPs (all addresses moved) <= 1.2x 1 floating IP",
+        f"p50 {fmt(eight)} vs {fmt(one)}",
+    )
     ours_runs = [r for r in runs if r.variant != "seeds"]
     after = sum(r.failed_after for r in ours_runs)
     incomplete = [r for r in ours_runs if r.all_moved is None]
