@@ -215,7 +215,8 @@ class Lab:
         """Build everything and apply the formula; on any failure, tear down and raise."""
         self.down(quiet=True)
         try:
-            self.workdir.mkdir(parents=True)
+            # Root only: the lab's token, pillar, logs and the nodes' files live here.
+            self.workdir.mkdir(parents=True, mode=0o700)
             self._wire()
             self._start_cloud()
             self._build_project()

@@ -92,7 +92,9 @@ def serve_syslog():
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind("/dev/log")
     os.chmod("/dev/log", 0o666)  # noqa: S103 - every daemon of the host logs here
-    log = open("/var/log/syslog", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    # Like Debian's syslog: not for everyone to read.
+    fd = os.open("/var/log/syslog", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    log = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
 
     def pump():
         while True:
