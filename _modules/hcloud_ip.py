@@ -26,6 +26,7 @@ Options, read with ``config.get`` (minion config, grains or pillar):
         alias_ips:
           lb-private: [10.0.1.1]
         yield_to: []                          # peers outranking this node (re-assert)
+        state_file: /run/hcloud_lb/state      # this node's VRRP state, kept by keepalived
 
 A floating IP is named by its name, its ID or its address (for an IPv6
 floating IP any address in its /64). A server or network by its name or ID.
@@ -286,7 +287,7 @@ def _retry(doing, func, clock=None):
         except (hcloud.HCloudException, requests.exceptions.RequestException) as exc:
             if clock is None or not _is_transient(exc) or clock.remaining() <= 0:
                 raise CommandExecutionError(_api_error(exc, doing)) from None
-            log.info("hcloud_ip: t+%.2fs %s", clock.elapsed(), _api_error(exc, doing))
+            log.warning("hcloud_ip: t+%.2fs %s", clock.elapsed(), _api_error(exc, doing))
         _backoff(attempt, clock)
         attempt += 1
 
@@ -649,6 +650,7 @@ class _FloatingIPGoal:
         self.fip = None
         self.initial_holder = None
         self.moved = False
+        self.stood_down = None
 
     @property
     def label(self):
@@ -705,6 +707,7 @@ class _AliasGoal:
         self.network = None
         self.initial = None
         self.moved = False
+        self.stood_down = None
 
     @property
     def label(self):
@@ -835,7 +838,11 @@ def _wait_for_actions(client, actions, clock):
         except (hcloud.HCloudException, requests.exceptions.RequestException) as exc:
             if not _is_transient(exc):
                 raise
-            log.info("hcloud_ip: t+%.2fs %s", clock.elapsed(), _api_error(exc, "polling actions"))
+            # Logged like every API error the hook meets: the node's log is
+            # where a user looks for why a failover took long.
+            log.warning(
+                "hcloud_ip: t+%.2fs %s", clock.elapsed(), _api_error(exc, "polling actions")
+            )
             continue
         for action in page.get("actions", []):
             if action["status"] == "running" or action["id"] not in running:
@@ -853,24 +860,34 @@ def _wait_for_actions(client, actions, clock):
     return failed
 
 
-def _converge(client, goals, clock):
+def _converge(client, goals, clock, left_master=lambda: None):
     """
     Read, act, wait and re-read until every goal holds or the deadline passes.
 
     Each round starts from a fresh read, so the verification of one round's
     moves is the next round's read, and a move undone meanwhile (by the other
-    node) is noticed. Transient failures are retried after a jittered backoff;
-    permanent ones end that goal. Returns ({goal: error}, last snapshot).
+    node) is noticed; so is one still under way when every goal seems to
+    hold. Transient failures are retried after a jittered backoff; permanent
+    ones end that goal. Before each round ``left_master()`` is asked; a state
+    it returns ends the run, the goals left marked ``stood_down``.
+    Returns ({goal: error}, last snapshot).
     """
     snapshot = _retry("reading floating IPs and servers", lambda: _Snapshot(client), clock)
     failures = _resolve_goals(client, goals, snapshot, clock)
     attempt = 0
-    while steps := _pending_steps(client, goals, snapshot, failures):
-        if clock.remaining() <= 0:
+    while True:
+        steps = _pending_steps(client, goals, snapshot, failures)
+        if not steps:
+            if not _waited_for_moves_in_flight(client, goals, failures, clock):
+                break
+        elif state := left_master():
+            _stand_down(steps, state, clock)
+            break
+        elif clock.remaining() <= 0:
             for goal, what, _ in steps:
                 failures.setdefault(goal, f"{what}: not done within {clock.deadline:g}s")
             break
-        if _act(client, steps, clock, failures):
+        elif _act(client, steps, clock, failures):
             _backoff(attempt, clock)
             attempt += 1
         try:
@@ -883,6 +900,77 @@ def _converge(client, goals, clock):
             break
     log.info("hcloud_ip: t+%.2fs done, %d failure(s)", clock.elapsed(), len(failures))
     return failures, snapshot
+
+
+def _waited_for_moves_in_flight(client, goals, failures, clock):
+    """
+    Wait for moves of the goals' addresses that another node started; True if any ran.
+
+    Every goal holds by the last read, but a move still running elsewhere (a
+    node that lost mastership in the middle of its own failover) would undo
+    that the moment it finishes, after this run reported success. So wait for
+    it; the caller then reads again and takes back what it moved.
+    """
+    if clock.remaining() <= 0:
+        return False
+    try:
+        in_flight = _moves_in_flight(client, [g for g in goals if g not in failures], clock)
+    except CommandExecutionError as exc:
+        log.warning(
+            "hcloud_ip: t+%.2fs cannot tell whether a move is under way: %s", clock.elapsed(), exc
+        )
+        return False
+    for _, what, action in in_flight:
+        log.warning(
+            "hcloud_ip: t+%.2fs waiting for %s (action %s)", clock.elapsed(), what, action.id
+        )
+    _wait_for_actions(client, in_flight, clock)
+    return bool(in_flight)
+
+
+def _moves_in_flight(client, goals, clock):
+    """(goal, what, action) for each running action that may move a goal's addresses."""
+    by_fip = {g.fip.id: g for g in goals if g.kind == "floating_ip"}
+    by_network = {g.network.id: g for g in goals if g.kind == "alias_ip"}
+    found = []
+    if by_fip:
+        running = _retry(
+            "listing running floating IP actions",
+            lambda: client.floating_ips.actions.get_all(status=["running"]),
+            clock,
+        )
+        found += _concerning(running, "floating_ip", by_fip)
+    if by_network:
+        running = _retry(
+            "listing running server actions",
+            lambda: client.servers.actions.get_all(status=["running"]),
+            clock,
+        )
+        alias_changes = [a for a in running if a.command == "change_alias_ips"]
+        found += _concerning(alias_changes, "network", by_network)
+    return found
+
+
+def _concerning(actions, resource_type, goals_by_id):
+    found = []
+    for action in actions:
+        for resource in action.resources or []:
+            goal = goals_by_id.get(resource["id"]) if resource["type"] == resource_type else None
+            if goal:
+                found.append((goal, f"{action.command} of {goal.label} started elsewhere", action))
+                break
+    return found
+
+
+def _stand_down(steps, state, clock):
+    log.warning(
+        "hcloud_ip: t+%.2fs this node is %s now, no longer MASTER: failover stopped, "
+        "the new master takes the addresses",
+        clock.elapsed(),
+        state,
+    )
+    for goal, _, _ in steps:
+        goal.stood_down = state
 
 
 def _resolve_goals(client, goals, snapshot, clock):
@@ -923,6 +1011,8 @@ def _report(goal, failures, snapshot):
     entry.update(goal.outcome(snapshot))
     if error:
         entry["error"] = error
+    elif goal.stood_down:
+        entry["comment"] = f"left where it is: this node became {goal.stood_down} meanwhile"
     elif yielded := goal.yielded(snapshot):
         entry["comment"] = _left_there(yielded)
     elif not goal.moved:
@@ -1094,6 +1184,14 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
         for ever; this way the highest-ranked node keeps them. Without it (the
         notify_master path) everything is claimed, wherever it is.
 
+    When ``hcloud:failover:state_file`` names the file where keepalived's
+    notify script records this node's VRRP state (the formula's hook does),
+    the failover stops before its next round once that file says anything but
+    MASTER, and reports ``stood_down`` with that state, result True: a node
+    that lost mastership mid-failover (it woke from a freeze and went FAULT,
+    or the preferred node came back) leaves the addresses to the new master
+    instead of pulling them back until its deadline.
+
     Returns each address's outcome; salt-call's retcode is 1 (shown with
     ``--retcode-passthrough``) unless everything ended on this server or was
     left to an outranking peer. An event tagged ``hcloud_lb/failover`` goes to
@@ -1113,7 +1211,14 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
     tell_master = _master_notifier()
     report = None
     try:
-        report = _fail_over(client, clock, floating_ips, alias_ips, _yield_to(reassert))
+        report = _fail_over(
+            client,
+            clock,
+            floating_ips,
+            alias_ips,
+            yield_to=_yield_to(reassert),
+            left_master=_vrrp_state_watch(),
+        )
     finally:
         tell_master(report)
     if not report["result"]:
@@ -1132,6 +1237,34 @@ def _yield_to(reassert):
     return frozenset(_split((_option("failover", {}) or {}).get("yield_to")))
 
 
+def _vrrp_state_watch():
+    """
+    A function returning this node's VRRP state once it is not MASTER, else None.
+
+    The state is read from hcloud:failover:state_file at each call; no file
+    (keepalived has not reported yet) or no option means carry on. The notify
+    script records MASTER milliseconds after keepalived starts notify_master,
+    long before salt-call is up, so a transition is not mistaken for a stale
+    state; were it ever, the re-assert loop would finish the job.
+    """
+    path = (_option("failover", {}) or {}).get("state_file")
+    if not path:
+        return lambda: None
+
+    def left_master():
+        try:
+            with open(path, encoding="utf-8") as state_file:
+                state = state_file.read().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("hcloud_ip: cannot read hcloud:failover:state_file %s: %s", path, exc)
+            return None
+        return state if state and state != "MASTER" else None
+
+    return left_master
+
+
 def _warn_unknown_peers(yield_to, snapshot):
     """A yield_to entry naming no server would silently let a split brain flap."""
     for ref in sorted(yield_to):
@@ -1141,21 +1274,23 @@ def _warn_unknown_peers(yield_to, snapshot):
             )
 
 
-def _fail_over(client, clock, floating_ips, alias_ips, yield_to):
+def _fail_over(client, clock, floating_ips, alias_ips, *, yield_to, left_master):
     me = _this_server(client, clock)[0]
     goals = _failover_goals(floating_ips, alias_ips, me, yield_to)
     log.info(
         "hcloud_ip: t+%.2fs failover of %d goal(s) to %s", clock.elapsed(), len(goals), me.name
     )
-    failures, snapshot = _converge(client, goals, clock)
+    failures, snapshot = _converge(client, goals, clock, left_master)
     _warn_unknown_peers(yield_to, snapshot)
-    log.info(
-        "hcloud_ip: t+%.2fs failover to %s %s",
-        clock.elapsed(),
-        me.name,
-        "succeeded" if not failures else f"FAILED for {len(failures)} of {len(goals)}",
-    )
-    return {
+    stood_down = next((goal.stood_down for goal in goals if goal.stood_down), None)
+    if failures:
+        outcome = f"FAILED for {len(failures)} of {len(goals)}"
+    elif stood_down:
+        outcome = f"stood down (this node is {stood_down})"
+    else:
+        outcome = "succeeded"
+    log.info("hcloud_ip: t+%.2fs failover to %s %s", clock.elapsed(), me.name, outcome)
+    report = {
         "result": not failures,
         "server": {"id": me.id, "name": me.name},
         "seconds": round(clock.elapsed(), 3),
@@ -1166,6 +1301,9 @@ def _fail_over(client, clock, floating_ips, alias_ips, yield_to):
             g.label: _report(g, failures, snapshot) for g in goals if g.kind == "alias_ip"
         },
     }
+    if stood_down:
+        report["stood_down"] = stood_down
+    return report
 
 
 # --------------------------------------------------------------------------

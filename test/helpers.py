@@ -1,6 +1,7 @@
 """Paths and small helpers the tests, the demo and the benchmarks share."""
 
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -8,6 +9,17 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
+
+
+def wait_for(predicate, timeout=15, interval=0.2):
+    """Poll ``predicate`` until it is truthy or ``timeout`` s pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
 
 
 class SaltNode:

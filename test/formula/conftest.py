@@ -9,13 +9,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import REPO, SALT_CALL
+from helpers import REPO, SALT_CALL, wait_for
 
 NODE_ID = "lb-master"
 FORMULA_PATHS = [
@@ -117,16 +116,6 @@ def pid_of(pidfile):
         os.kill(pid, 0)
         return pid
     return None
-
-
-def wait_for(predicate, timeout=15, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def _processes_mentioning(*fragments):

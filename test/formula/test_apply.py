@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import wait_for
+
 from .conftest import (
     changed,
     http_get,
@@ -21,7 +23,6 @@ from .conftest import (
     lab_project,
     pid_of,
     states,
-    wait_for,
 )
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="applies the formula: needs root")

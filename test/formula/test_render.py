@@ -139,6 +139,22 @@ def test_the_hook_config_names_the_peers_a_reassert_yields_to(tmp_path, prioriti
     assert config["hcloud"]["failover"]["yield_to"] == yield_to
 
 
+@pytest.mark.parametrize(
+    ("lookup", "state_file"),
+    [({}, "/run/hcloud_lb/state"), ({"run_dir": "/run/lb"}, "/run/lb/state")],
+    ids=["default", "lookup"],
+)
+def test_the_hook_config_stops_a_failover_when_keepalived_leaves_master(
+    tmp_path, lookup, state_file
+):
+    pillar = example_pillar()
+    pillar["hcloud_lb"]["lookup"].update(lookup)
+    node = FormulaNode(tmp_path)
+    node.set_pillar(pillar)
+    config = render(node, "hook/files/minion.jinja", "tpldir=hcloud_lb/hook")
+    assert config["hcloud"]["failover"]["state_file"] == state_file
+
+
 def test_only_the_reassert_loop_asks_the_failover_to_yield(tmp_path):
     node = FormulaNode(tmp_path)
     node.set_pillar(example_pillar())
@@ -150,12 +166,12 @@ def test_only_the_reassert_loop_asks_the_failover_to_yield(tmp_path):
         "keepalived/files/failover.jinja",
         f"salt_call={stub}",
         "hook_config_dir=/etc/hcloud_lb/salt",
+        f"run_dir={tmp_path / 'run'}",  # its lock elsewhere than the node's /run/hcloud_lb
         "deadline=30",
         "default_renderer=jinja",
     )
     hook = tmp_path / "failover"
-    # Its lock elsewhere than the node's /run/hcloud_lb.
-    hook.write_text(script.replace("/run/hcloud_lb", str(tmp_path / "run")))
+    hook.write_text(script)
 
     def called_with(*argv):
         ret = subprocess.run(

@@ -692,11 +692,16 @@ class Lab:
             master = self.master_node()
             return master and self.all_on(master) and self.answers()[0] and master
 
-        return _wait(steady, timeout, lambda: "the lab did not settle: " + self.describe())
+        return _wait(steady, timeout, lambda: "the lab did not settle: " + self.describe(logs=20))
 
-    def describe(self):
+    def describe(self, logs=0):
+        """VRRP states and holders; with ``logs``, that many last syslog lines of each node."""
         states = {role: node.vrrp_state() for role, node in self.nodes.items()}
-        return f"VRRP states {states}, holders {self.holders()}"
+        text = f"VRRP states {states}, holders {self.holders()}"
+        for role, node in self.nodes.items() if logs else ():
+            tail = "\n  ".join(node.syslog().splitlines()[-logs:])
+            text += f"\n{role} syslog:\n  {tail}"
+        return text
 
     # ---- faults --------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ lb1 MASTER with every address, the client served through it.
 import time
 
 import pytest
-from formula.conftest import wait_for
 
+from helpers import wait_for
 from lab.lab import Lab
 
 PRIMARY, SECONDARY = "lb1", "lb2"

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from formula.conftest import wait_for
 
+from helpers import wait_for
 from lab.lab import ALIAS_IP, BACKENDS, Lab, LabError
 from lab.timeline import failover_report
 from lab_tests.conftest import PRIMARY, SECONDARY
@@ -169,6 +169,41 @@ def test_failover_completes_through_api_faults_within_its_deadline(lab, traffic)
         assert code in log, code
     runs = hook_runs(lab, SECONDARY)
     assert runs and runs[-1].endswith("exited with 0"), runs
+
+
+def test_a_backup_that_loses_master_mid_failover_stands_down_and_the_addresses_settle(lab):
+    # lb2 takes over with slow actions; lb1 comes back and preempts while lb2's
+    # hook still waits for them. lb2's hook must stop there (if it carried on,
+    # both hooks would move the addresses to and fro until their deadlines),
+    # and lb1's must not call "already here" what lb2's moves are taking away.
+    runs_before = len(hook_runs(lab, SECONDARY))
+    fault = time.time()
+    lab.api.configure(action_duration=6.0)
+    lab.api.clear_requests()
+    lab.kill_haproxy(PRIMARY)
+    # lb2's hook has asked for its moves: it waits 6 s for them now.
+    assert wait_for(lambda: [r for r in lab.api.requests() if r["method"] == "POST"], 30), (
+        lab.describe()
+    )
+    lab.start_haproxy(PRIMARY)
+    assert wait_for(lambda: lab.master_node() == PRIMARY, 30), lab.describe()
+    assert len(hook_runs(lab, SECONDARY)) == runs_before, "lb2's hook ended before lb1 preempted"
+    lab.api.configure(action_duration=lab.action_duration)
+
+    assert wait_for(lambda: len(hook_runs(lab, SECONDARY)) > runs_before, 60), lab.describe()
+    log = log_since(lab, SECONDARY, fault)
+    assert "this node is BACKUP now, no longer MASTER: failover stopped" in log, log
+    assert '"stood_down": "BACKUP"' in log, log
+    assert hook_runs(lab, SECONDARY)[-1].endswith("exited with 0")
+    # lb1's notify_master found everything still on lb1, but lb2's moves under
+    # way: it waited for them and took back what they moved.
+    waited = "waiting for assign_floating_ip of lab-http"
+    assert wait_for(lambda: waited in log_since(lab, PRIMARY, fault), 30), lab.describe()
+    assert wait_for(lambda: lab.all_on(PRIMARY), 60), lab.describe()
+    # And nothing pulls it away again.
+    for _ in range(10):
+        time.sleep(0.5)
+        assert lab.all_on(PRIMARY), lab.describe()
 
 
 def test_cut_vrrp_link_leaves_one_holder_and_bounded_api_calls(lab, traffic):

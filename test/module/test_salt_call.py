@@ -4,10 +4,14 @@ real HTTP against the emulator: what a user (or keepalived's hook) runs.
 """
 
 import collections
+import concurrent.futures
 import re
 import socket
 
 import pytest
+from hcloud.servers import Server
+
+from helpers import wait_for
 
 pytestmark = pytest.mark.salt_call
 
@@ -324,6 +328,85 @@ def test_a_reassert_takes_back_what_a_peer_it_outranks_holds(node, cloud, pair, 
     assert holder(cloud, fip["id"]) == master["id"]
     warning = "hcloud:failover:yield_to names no server of this project: 'lb-gone'"
     assert (warning in ret.stderr) is bool(yield_to)
+
+
+# ---------------------------------------------------------------- leaving MASTER
+
+
+@pytest.fixture
+def vrrp_state(node, tmp_path):
+    """The file keepalived's notify script keeps, named as the formula's hook config does."""
+    state = tmp_path / "state"
+    state.write_text("MASTER\n")
+    node.set_options(
+        {
+            **node.options,
+            "failover": {
+                "floating_ips": ["lb-http"],
+                "alias_ips": {"lb-private": ["10.0.1.1"]},
+                "state_file": str(state),
+            },
+        }
+    )
+    return state
+
+
+def test_a_node_that_is_not_master_moves_nothing(node, cloud, pair, private_net, vrrp_state):
+    _, backup, fip = pair
+    vrrp_state.write_text("BACKUP\n")
+    cloud.clear_requests()
+    ret = node.call("hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert ret.data["stood_down"] == "BACKUP"
+    entry = ret.data["floating_ips"][f"lb-http ({fip['ip']})"]
+    assert entry["moved"] is False
+    assert entry["comment"] == "left where it is: this node became BACKUP meanwhile"
+    assert not [r for r in cloud.requests() if r["method"] != "GET"]
+    assert holder(cloud, fip["id"]) == backup["id"]
+    assert "10.0.1.1" in aliases(cloud, backup["id"], private_net["id"])
+
+
+def test_a_failover_stops_when_its_node_leaves_master(node, cloud, pair, private_net, vrrp_state):
+    # Taking an alias IP takes two rounds: release it from lb-backup, then claim
+    # it. The node goes FAULT while the first round's actions run.
+    master, _, fip = pair
+    cloud.configure(action_duration=2.0)
+    cloud.clear_requests()
+
+    def alias_changes():
+        return [r for r in cloud.requests() if r["path"].endswith("/change_alias_ips")]
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(node.call, "-l", "warning", "hcloud_ip.failover")
+        assert wait_for(alias_changes, 60), cloud.requests()
+        vrrp_state.write_text("FAULT\n")
+        ret = running.result(timeout=120)
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert ret.data["stood_down"] == "FAULT"
+    # The floating IP's move was under way and completed; the claim was never sent.
+    assert holder(cloud, fip["id"]) == master["id"]
+    assert len(alias_changes()) == 1
+    assert "10.0.1.1" not in aliases(cloud, master["id"], private_net["id"])
+    alias = ret.data["alias_ips"]["10.0.1.1 in lb-private"]
+    assert alias["comment"] == "left where it is: this node became FAULT meanwhile"
+    assert "this node is FAULT now, no longer MASTER: failover stopped" in ret.stderr
+
+
+def test_a_failover_waits_out_a_move_another_node_has_under_way(failover_node, cloud, pair):
+    # lb-http is on lb-master, but lb-backup's failover (still running there)
+    # is moving it away: "already here" would be undone a moment later.
+    master, backup, fip = pair
+    client = cloud.client()
+    lb_http = client.floating_ips.get_by_id(fip["id"])
+    client.floating_ips.assign(lb_http, Server(id=master["id"]))
+    cloud.wait_idle()
+    cloud.configure(action_duration=3.0)
+    client.floating_ips.assign(lb_http, Server(id=backup["id"]))
+    ret = failover_node.call("-l", "warning", "hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert "waiting for assign_floating_ip of lb-http" in ret.stderr
+    assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["moved"] is True
+    assert holder(cloud, fip["id"]) == master["id"]
 
 
 # ---------------------------------------------------------------- faults

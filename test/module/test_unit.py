@@ -319,6 +319,23 @@ def test_without_peers_to_yield_to_every_alias_ip_is_released_first():
     ]
 
 
+@pytest.mark.parametrize(
+    ("recorded", "left_master"),
+    [("MASTER\n", None), ("BACKUP\n", "BACKUP"), ("FAULT", "FAULT"), ("", None), (None, None)],
+    ids=["master", "backup", "fault", "empty", "not-yet-recorded"],
+)
+def test_a_failover_watches_the_recorded_vrrp_state(options, tmp_path, recorded, left_master):
+    state = tmp_path / "state"
+    if recorded is not None:
+        state.write_text(recorded)
+    options["failover"] = {"state_file": str(state)}
+    assert hcloud_ip._vrrp_state_watch()() == left_master
+
+
+def test_without_a_state_file_a_failover_never_stands_down(options):
+    assert hcloud_ip._vrrp_state_watch()() is None
+
+
 # ---------------------------------------------------------------- the state module
 
 

@@ -59,7 +59,6 @@ from formula.conftest import (
     lab_project,
     pid_of,
     states,
-    wait_for,
 )
 from formula.test_apply import (
     assert_master_holding_the_alias_ip,
@@ -69,7 +68,7 @@ from formula.test_apply import (
 from saltfactories.daemons.minion import SaltMinion
 from saltfactories.daemons.sshd import Sshd
 
-from helpers import REPO, SALT_CALL
+from helpers import REPO, SALT_CALL, wait_for
 
 from .conftest import (
     README_SALT_SSH_CONFIG,

@@ -18,9 +18,11 @@ include:
                              'probe_interval': check.probe_interval,
                              'window': [check.interval - check.probe_interval, 0] | max} %}
 {%-   set notify_context = {'hook': scripts_dir ~ '/failover',
-                              'interval': hcloud_lb.hook.reassert_interval} %}
+                              'interval': hcloud_lb.hook.reassert_interval,
+                              'run_dir': hcloud_lb.lookup.run_dir} %}
 {%-   set failover_context = {'salt_call': hcloud_lb.lookup.salt_call,
                                 'hook_config_dir': hcloud_lb.lookup.hook_config_dir,
+                                'run_dir': hcloud_lb.lookup.run_dir,
                                 'deadline': hcloud_lb.hook.deadline} %}
 {%-   set scripts = {
         'check_haproxy': {'mode': '0755', 'context': check_context},

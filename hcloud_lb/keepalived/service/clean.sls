@@ -19,7 +19,7 @@ keepalived is stopped and disabled:
 
 keepalived's recorded state is removed:
   file.absent:
-    - name: /run/hcloud_lb
+    - name: {{ hcloud_lb.lookup.run_dir }}
     - require:
       - service: keepalived is stopped and disabled
 {%- endif %}
