@@ -26,7 +26,7 @@ Options, read with ``config.get`` (minion config, grains or pillar):
         alias_ips:
           lb-private: [10.0.1.1]
         yield_to: []                          # peers outranking this node (re-assert)
-        state_file: /run/hcloud_lb/state      # this node's VRRP state, kept by keepalived
+        state_file: /run/hcloud_lb/state      # VRRP state (keepalived's notify script)
 
 A floating IP is named by its name, its ID or its address (for an IPv6
 floating IP any address in its /64). A server or network by its name or ID.
@@ -1193,10 +1193,10 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
     instead of pulling them back until its deadline.
 
     Returns each address's outcome; salt-call's retcode is 1 (shown with
-    ``--retcode-passthrough``) unless everything ended on this server or was
-    left to an outranking peer. An event tagged ``hcloud_lb/failover`` goes to
-    the master through the local salt-minion when one runs, without waiting
-    for it.
+    ``--retcode-passthrough``) unless everything ended on this server, was
+    left to an outranking peer, or the node stood down. An event tagged
+    ``hcloud_lb/failover`` goes to the master through the local salt-minion
+    when one runs, without waiting for it.
 
     CLI Example:
 
