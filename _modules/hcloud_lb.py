@@ -51,6 +51,9 @@ BINDINGS = ("interface", "nonlocal")
 VRRP_PASSWORD_MAX = 8  # VRRP "PASS" authentication carries at most 8 characters
 # Names become haproxy section names and keepalived identifiers.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Paths written into the hook's shell scripts and its minion config: absolute,
+# and nothing a shell would split or expand.
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+/-]*$")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
 
 
@@ -337,7 +340,14 @@ def _check_hook(errors, settings):
     for key in ("deadline", "reassert_interval"):
         if not _positive_number(hook.get(key)):
             errors.add(f"hook:{key}", f"{hook.get(key)!r} is not a positive number of seconds")
-    salt_call = (settings.get("lookup") or {}).get("salt_call")
+    lookup = settings.get("lookup") or {}
+    for key in ("run_dir", "hook_config_dir", "hook_cache_dir"):
+        if key in lookup and not SAFE_PATH.match(str(lookup[key])):
+            errors.add(
+                f"lookup:{key}",
+                f"{lookup[key]!r} is not an absolute path of letters, digits and _.+-/",
+            )
+    salt_call = lookup.get("salt_call")
     if salt_call and not _executable_on_the_node(str(salt_call)):
         errors.add(
             "lookup:salt_call",

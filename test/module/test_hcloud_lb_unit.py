@@ -273,6 +273,15 @@ def test_a_missing_salt_call_is_named(settings):
     ]
 
 
+@pytest.mark.parametrize("key", ["run_dir", "hook_config_dir", "hook_cache_dir"])
+@pytest.mark.parametrize("path", ["run/hcloud_lb", "/run/hcloud lb", "/run/$(id)"])
+def test_a_hook_directory_must_be_a_plain_absolute_path(settings, key, path):
+    settings["lookup"] = {key: path}
+    assert problems(settings) == [
+        f"hcloud_lb:lookup:{key}: {path!r} is not an absolute path of letters, digits and _.+-/"
+    ]
+
+
 def test_script_security_rules(tmp_path):
     # The test command runs as root, as the formula does.
     scripts = tmp_path / "scripts"
