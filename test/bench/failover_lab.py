@@ -14,7 +14,7 @@ connection every 20 ms to the lab-http floating IP):
   after 15 s keepalived is restarted there, and the report says so).
 
 Variants: our formula with the default profile (VRRPv2, 1 s adverts) and the
-fast profile (VRRPv3, 0.2 s adverts); the seeds' way (the tutorial's
+fast profile (VRRPv3, 0.1 s adverts); the seeds' way (the tutorial's
 keepalived.conf with `pgrep haproxy` every 2 s and its master.sh moving each
 floating IP with the hcloud CLI, installed over our formula on the same
 nodes); and our default profile with 1 and with 8 floating IPs (haproxy

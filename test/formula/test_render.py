@@ -10,7 +10,7 @@ import yaml
 
 from helpers import REPO, SALT_CALL
 
-from .conftest import FormulaNode
+from .conftest import FormulaNode, in_netns
 
 PLATFORMS = {
     "debian12": (
@@ -137,6 +137,36 @@ def test_the_hook_config_names_the_peers_a_reassert_yields_to(tmp_path, prioriti
     node.set_pillar(pillar)
     config = render(node, "hook/files/minion.jinja", "tpldir=hcloud_lb/hook")
     assert config["hcloud"]["failover"]["yield_to"] == yield_to
+
+
+@pytest.mark.parametrize("alias_ips", [True, False], ids=["alias-ips", "no-alias-ips"])
+def test_the_fast_profile_is_vrrpv3_with_tenth_second_adverts_keepalived_accepts(
+    tmp_path, netns, alias_ips
+):
+    pillar = example_pillar()
+    pillar["hcloud_lb"]["vrrp"]["profile"] = "fast"
+    if not alias_ips:
+        pillar["hcloud_lb"]["alias_ips"] = {}
+    node = FormulaNode(tmp_path)
+    node.set_pillar(pillar)
+    conf = render(
+        node,
+        "keepalived/files/keepalived.conf.jinja",
+        "tpldir=hcloud_lb/keepalived",
+        "default_renderer=jinja",
+    )
+    assert "vrrp_version 3" in conf
+    assert "    advert_int 0.1\n" in conf
+    # keepalived 2.2 refuses authentication with VRRPv3, and drops an instance
+    # without a virtual address: a loopback one stands in when there is none.
+    assert "authentication" not in conf
+    assert ("127.255.51.1/32 dev lo" in conf) is not alias_ips
+    # Checked where the interfaces it names exist (the node's namespace), with
+    # the scripts, which the formula installs first, standing in as /bin/true.
+    path = tmp_path / "keepalived.conf"
+    path.write_text(conf.replace("/etc/keepalived/scripts/", "/bin/true #"))
+    check = in_netns(netns, "keepalived", "-t", "-f", str(path))
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.mark.parametrize(
