@@ -920,12 +920,14 @@ def _waited_for_moves_in_flight(client, goals, failures, clock):
             "hcloud_ip: t+%.2fs cannot tell whether a move is under way: %s", clock.elapsed(), exc
         )
         return False
+    if not in_flight:
+        return False
     for _, what, action in in_flight:
         log.warning(
             "hcloud_ip: t+%.2fs waiting for %s (action %s)", clock.elapsed(), what, action.id
         )
     _wait_for_actions(client, in_flight, clock)
-    return bool(in_flight)
+    return True
 
 
 def _moves_in_flight(client, goals, clock):

@@ -608,6 +608,11 @@ def cells_of(runs):
     return cells
 
 
+def table_head(header):
+    """A markdown table's first two lines: two text columns, then figures aligned right."""
+    return ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+
+
 def summary_table(runs, planned):
     header = [
         "variant",
@@ -620,7 +625,7 @@ def summary_table(runs, planned):
         "failed requests during failover (median per run; total)",
         "failed after the switch (total)",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    lines = table_head(header)
     titles = {v.key: v.title for v in VARIANTS}
     for (variant, scenario), cell in cells_of(runs).items():
         good = [r for r in cell if r.failover is not None]
@@ -652,7 +657,7 @@ def phase_table(runs):
         "-> first answer",
         "floating IPs moved",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    lines = table_head(header)
     titles = {v.key: v.title for v in VARIANTS}
     steps = (
         (None, "master"),
