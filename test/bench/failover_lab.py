@@ -398,7 +398,7 @@ def phases_of(report, lab, new_role):
             marks.setdefault("master", offset)
         elif who == new_role and what == "failover hook starts":
             marks.setdefault("hook", offset)
-        elif who == "API" and what.endswith(f"routed to {new_role}"):
+        elif who == "API" and what.endswith(f"assigned to {new_role}"):
             marks.setdefault("first_move", offset)
             if f" {http_ip} " in what:
                 marks.setdefault("http_move", offset)
@@ -796,7 +796,7 @@ def plot(runs, path, runs_per_cell):
     marks = (
         ("master", "tab:purple", "--", "new MASTER"),
         ("hook", "tab:gray", ":", "failover hook starts"),
-        ("http_move", "tab:orange", "--", "API: lab-http routed to the new node"),
+        ("http_move", "tab:orange", "--", "API: lab-http assigned to the new node"),
         ("answer", "tab:green", "--", "first answer through the new node"),
     )
     chosen = {key: representative(cells[key]) for key in keys}

@@ -809,6 +809,29 @@ class Lab:
     def api_events(self, since_time=0.0):
         return [e for e in self.api.events()["events"] if e["time"] >= since_time]
 
+    def route_events(self, since_time=0.0):
+        """
+        Each route change in the cloud since ``since_time``: {time, ip, role}.
+
+        Stamped once the route is in place, a few milliseconds after the API
+        event that caused it: the moment traffic can follow.
+        """
+        log = self.workdir / "routes.log"
+        events = []
+        for line in log.read_text().splitlines() if log.exists() else []:
+            stamp, _kind, ip, *via = line.split()
+            if float(stamp) >= since_time:
+                role = self.role_at(via[0]) if via else None
+                events.append({"time": float(stamp), "ip": ip, "role": role})
+        return events
+
+    def role_at(self, address):
+        """The node whose public or private address ``address`` is, if any."""
+        for role, server in self.servers.items():
+            if address in (server["public_net"]["ipv4"]["ip"], NODES[role]["private"]):
+                return role
+        return None
+
     def server_role(self, server_id):
         return next((r for r, s in self.servers.items() if s["id"] == server_id), None)
 

@@ -1,8 +1,9 @@
 """
-What happened during a failover in the lab, from its four witnesses: the
+What happened during a failover in the lab, from its five witnesses: the
 fault's own time, the nodes' syslogs (keepalived's state changes, the
 failover hook), the emulator's event log (each address changing holder, the
-moment its action completed) and the client's request log.
+moment its action completed), the cloud's route log (the moment traffic
+follows) and the client's request log.
 """
 
 import dataclasses
@@ -26,7 +27,7 @@ class Report:
     new_role: str
     timeline: list  # (time, who, what), sorted
     failover_seconds: float | None  # fault -> first answer through the new node
-    switch_done: float | None  # the last address reached the new node
+    switch_done: float | None  # the cloud routes the last address to the new node
     requests: int
     failed: list
     failed_after_switch: list
@@ -70,7 +71,7 @@ def api_events(lab, since):
     for event in lab.api_events(since):
         role = lab.server_role(event["new_server_id"]) or "nobody"
         what = "alias IP" if event["kind"] != "floating_ip" else "floating IP"
-        events.append((event["time"], "API", f"{what} {event['ip']} now routed to {role}"))
+        events.append((event["time"], "API", f"{what} {event['ip']} assigned to {role}"))
     return events
 
 
@@ -79,12 +80,17 @@ def failover_report(lab, fault, fault_text, records, new_role):
     window = [r for r in records if r["kind"] == "request" and r["start"] >= fault]
     through_new = lab.answers_through(window, new_role, fault)
     first = min(through_new, key=lambda r: r["end"]) if through_new else None
-    moves = [e for e in lab.api_events(fault) if lab.server_role(e["new_server_id"]) == new_role]
-    switch_done = max((e["time"] for e in moves), default=None)
+    # The switch is done when the cloud routes the last address to the new
+    # node, not when the API reports the move: requests in between still go
+    # the old way.
+    routed = [e for e in lab.route_events(fault) if e["role"] == new_role]
+    switch_done = max((e["time"] for e in routed), default=None)
     failed = [r for r in window if not r["ok"]]
     after = [r for r in failed if switch_done is not None and r["start"] >= switch_done]
     timeline = [(fault, "lab", fault_text)]
     timeline += syslog_events(lab, fault) + api_events(lab, fault)
+    if switch_done is not None:
+        timeline.append((switch_done, "cloud", f"routes the last address moved to {new_role}"))
     if first:
         timeline.append(
             (first["end"], "client", f'first answer through {new_role}: "{first["answer"]}"')
