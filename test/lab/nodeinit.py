@@ -69,9 +69,26 @@ def own_dev(root):
         os.symlink(target, f"/dev/{name}")
 
 
+def host_like_pids():
+    """
+    Number this host's processes from mid-range (16384 by default), as on a server up a while.
+
+    Salt finds a service without systemd by ``sig`` through ps (status.pid),
+    and skips every ps line that contains its own PID as a substring. With a
+    fresh namespace's 2-3 digit PIDs, salt-call as PID 56 misses keepalived
+    as 561, calls it stopped, and the service state's watch then stops it
+    "before starting" it: a flaky lab that says nothing about the formula.
+    With PIDs of equal length, a line holds salt-call's PID only if it is
+    salt-call's own.
+    """
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(min(100000, pid_max // 2)))
+
+
 def become_host(root, hostname):
     mount("--make-rprivate", "/")
     mount("-t", "proc", "proc", "/proc")
+    host_like_pids()
     for directory in ("/etc", "/var"):
         own_overlay(root, directory)
     mount("-t", "tmpfs", "-o", "mode=755,nosuid,nodev", "tmpfs", "/run")

@@ -18,7 +18,10 @@ keepalived is running:
     - enable: true
 {%- endif %}
     - reload: true
-    # Debian's sysvinit script has no status action; the process tells.
+    # Debian's sysvinit script has no status action; the process tells
+    # (systemd ignores sig). Salt's ps match skips lines that hold its own
+    # PID as a substring: where PIDs are 2-3 digits (a fresh container) it
+    # can miss keepalived, so start such hosts' PIDs higher.
     - sig: {{ hcloud_lb.lookup.keepalived.get('bin', '/usr/sbin/keepalived') }}
     - require:
       - sls: {{ tplroot }}.keepalived.config
