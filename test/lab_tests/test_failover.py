@@ -185,10 +185,13 @@ def test_a_backup_that_loses_master_mid_failover_stands_down_and_the_addresses_s
     # and lb1's must not call "already here" what lb2's moves are taking away.
     runs_before = len(hook_runs(lab, SECONDARY))
     fault = time.time()
-    lab.api.configure(action_duration=6.0)
+    # 12 s: lb1 must preempt while lb2's moves still run (it takes ~4 s from
+    # haproxy's return, more on a loaded machine), and lb2's hook, waiting
+    # for them, must still be inside its 20 s deadline when they end.
+    lab.api.configure(action_duration=12.0)
     lab.api.clear_requests()
     lab.kill_haproxy(PRIMARY)
-    # lb2's hook has asked for its moves: it waits 6 s for them now.
+    # lb2's hook has asked for its moves: it waits 12 s for them now.
     assert wait_for(lambda: [r for r in lab.api.requests() if r["method"] == "POST"], 30), (
         lab.describe()
     )
