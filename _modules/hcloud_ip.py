@@ -25,13 +25,14 @@ Options, read with ``config.get`` (minion config, grains or pillar):
         floating_ips: [lb-http, 2001:db8:1::1]
         alias_ips:
           lb-private: [10.0.1.1]
-        yield_to: []                          # peers outranking this node (re-assert)
+        yield_to: []                          # peers outranking this node (split brain)
         state_file: /run/hcloud_lb/state      # VRRP state (keepalived's notify script)
 
 A floating IP is named by its name, its ID or its address (for an IPv6
 floating IP any address in its /64). A server or network by its name or ID.
 """
 
+import collections
 import concurrent.futures
 import hashlib
 import ipaddress
@@ -634,23 +635,52 @@ class _Snapshot:
         return server_id is not None and bool({str(server_id), self.names.get(server_id)} & refs)
 
 
-class _FloatingIPGoal:
+class _Goal:
+    """What both kinds of goal share: the target, and when to leave an address to a peer."""
+
+    def __init__(self, target, yield_to, reassert):
+        self.target_id = target.id if target else None
+        self.target_name = target.name if target else None
+        self.yield_to = yield_to
+        self.reassert = reassert
+        self.seen = collections.defaultdict(set)  # address -> its holders during this run
+        self.moved = False
+        self.stood_down = None
+
+    def observe(self, snapshot):
+        """Remember who holds each address by this read (see ``leaves``)."""
+        for ip, holder in self.holder_ids(snapshot).items():
+            self.seen[ip].add(holder)
+
+    def leaves(self, ip, holder, snapshot):
+        """
+        Whether this run leaves ``ip`` with ``holder``, a peer in yield_to.
+
+        A re-assert always does: in a split brain both nodes are MASTER, and
+        the highest-ranked keeps the addresses. notify_master claims them
+        wherever they are, but once such a peer takes one back during the run,
+        that peer is alive and MASTER too (the same split brain, seen from the
+        lower-ranked side): claiming it again would start a tug of war that
+        lasts until the deadline.
+        """
+        if holder in (None, self.target_id) or not snapshot.is_one_of(holder, self.yield_to):
+            return False
+        return self.reassert or bool(self.seen[ip] - {holder})
+
+
+class _FloatingIPGoal(_Goal):
     """
     A floating IP that must end up on target (or on no server, if target is
-    None), unless a server in yield_to holds it.
+    None), unless it is left to a server in yield_to (``_Goal.leaves``).
     """
 
     kind = "floating_ip"
 
-    def __init__(self, ref, target, yield_to=frozenset()):
+    def __init__(self, ref, target, yield_to=frozenset(), reassert=False):
+        super().__init__(target, yield_to, reassert)
         self.ref = ref
-        self.target_id = target.id if target else None
-        self.target_name = target.name if target else None
-        self.yield_to = yield_to
         self.fip = None
         self.initial_holder = None
-        self.moved = False
-        self.stood_down = None
 
     @property
     def label(self):
@@ -660,10 +690,13 @@ class _FloatingIPGoal:
         self.fip = _find_floating_ip(snapshot.floating_ips, self.ref)
         self.initial_holder = snapshot.floating_ip_holder(self.fip.id)
 
+    def holder_ids(self, snapshot):
+        return {self.fip.ip: snapshot.floating_ip_holder(self.fip.id)}
+
     def yielded(self, snapshot):
-        """{address: holder} when a server in yield_to holds it: left there."""
+        """{address: holder} when it is left to a server in yield_to."""
         holder = snapshot.floating_ip_holder(self.fip.id)
-        if holder != self.target_id and snapshot.is_one_of(holder, self.yield_to):
+        if self.leaves(self.fip.ip, holder, snapshot):
             return {self.fip.ip: snapshot.names.get(holder)}
         return {}
 
@@ -690,24 +723,20 @@ class _FloatingIPGoal:
         }
 
 
-class _AliasGoal:
+class _AliasGoal(_Goal):
     """
     Alias IPs in a network that must end up on target, taken from any other
-    holder first, except those a server in yield_to holds.
+    holder first, except those left to a server in yield_to (``_Goal.leaves``).
     """
 
     kind = "alias_ip"
 
-    def __init__(self, network_ref, ips, target, yield_to=frozenset()):
+    def __init__(self, network_ref, ips, target, yield_to=frozenset(), reassert=False):
+        super().__init__(target, yield_to, reassert)
         self.network_ref = network_ref
         self.ips = ips
-        self.target_id = target.id
-        self.target_name = target.name
-        self.yield_to = yield_to
         self.network = None
         self.initial = None
-        self.moved = False
-        self.stood_down = None
 
     @property
     def label(self):
@@ -733,14 +762,18 @@ class _AliasGoal:
             if ip in self.ips
         }
 
+    def holder_ids(self, snapshot):
+        holders = dict.fromkeys(self.ips)
+        for server_id, aliases in snapshot.alias_holders(self.network.id, self.ips).items():
+            holders.update((ip, server_id) for ip in aliases if ip in self.ips)
+        return holders
+
     def yielded(self, snapshot):
-        """{alias IP: holder} for ours that a server in yield_to holds: left there."""
+        """{alias IP: holder} for ours that are left to a server in yield_to."""
         return {
-            ip: snapshot.names.get(server_id)
-            for server_id, aliases in snapshot.alias_holders(self.network.id, self.ips).items()
-            if server_id != self.target_id and snapshot.is_one_of(server_id, self.yield_to)
-            for ip in aliases
-            if ip in self.ips
+            ip: snapshot.names.get(holder)
+            for ip, holder in self.holder_ids(snapshot).items()
+            if self.leaves(ip, holder, snapshot)
         }
 
     def steps(self, snapshot, client):
@@ -874,6 +907,7 @@ def _converge(client, goals, clock, left_master=lambda: None):
     """
     snapshot = _retry("reading floating IPs and servers", lambda: _Snapshot(client), clock)
     failures = _resolve_goals(client, goals, snapshot, clock)
+    _observe(goals, failures, snapshot)
     attempt = 0
     while True:
         steps = _pending_steps(client, goals, snapshot, failures)
@@ -898,6 +932,7 @@ def _converge(client, goals, clock, left_master=lambda: None):
             for goal, _, _ in _pending_steps(client, goals, snapshot, failures):
                 failures[goal] = str(exc)
             break
+        _observe(goals, failures, snapshot)
     log.info("hcloud_ip: t+%.2fs done, %d failure(s)", clock.elapsed(), len(failures))
     return failures, snapshot
 
@@ -986,6 +1021,12 @@ def _resolve_goals(client, goals, snapshot, clock):
     return failures
 
 
+def _observe(goals, failures, snapshot):
+    for goal in goals:
+        if goal not in failures:
+            goal.observe(snapshot)
+
+
 def _pending_steps(client, goals, snapshot, failures):
     return [
         (goal, what, step)
@@ -1016,17 +1057,21 @@ def _report(goal, failures, snapshot):
     elif goal.stood_down:
         entry["comment"] = f"left where it is: this node became {goal.stood_down} meanwhile"
     elif yielded := goal.yielded(snapshot):
-        entry["comment"] = _left_there(yielded)
+        entry["comment"] = _left_there(yielded, goal.reassert)
     elif not goal.moved:
         entry["comment"] = "already here"
     return entry
 
 
-def _left_there(yielded):
-    """Say which of a goal's addresses a re-assert left on which outranking peer."""
+def _left_there(yielded, reassert):
+    """Say which of a goal's addresses were left on which outranking peer, and why."""
+    if reassert:
+        how, why = "held by", "left there (re-assert)"
+    else:
+        how, why = "taken back by", "left there (split brain)"
     return "; ".join(
-        f"{', '.join(ip for ip, h in yielded.items() if h == holder)} held by {holder}, "
-        "which outranks this node; left there (re-assert)"
+        f"{', '.join(ip for ip, h in yielded.items() if h == holder)} {how} {holder}, "
+        f"which outranks this node; {why}"
         for holder in sorted(set(yielded.values()))
     )
 
@@ -1144,7 +1189,7 @@ def _read_alias_ips(client, network, server):
     return {"server": server.name, "network": net.name, "alias_ips": sorted(private.alias_ips)}
 
 
-def _failover_goals(floating_ips, alias_ips, me, yield_to):
+def _failover_goals(floating_ips, alias_ips, me, yield_to, reassert):
     settings = _option("failover", {}) or {}
     fip_refs = _split(settings.get("floating_ips") if floating_ips is None else floating_ips)
     alias_map = settings.get("alias_ips") if alias_ips is None else alias_ips
@@ -1152,8 +1197,11 @@ def _failover_goals(floating_ips, alias_ips, me, yield_to):
         raise SaltInvocationError(
             "hcloud:failover:alias_ips must map a network name or ID to a list of IPs"
         )
-    goals = [_FloatingIPGoal(ref, me, yield_to) for ref in fip_refs]
-    goals += [_AliasGoal(net, _split(ips), me, yield_to) for net, ips in (alias_map or {}).items()]
+    goals = [_FloatingIPGoal(ref, me, yield_to, reassert) for ref in fip_refs]
+    goals += [
+        _AliasGoal(net, _split(ips), me, yield_to, reassert)
+        for net, ips in (alias_map or {}).items()
+    ]
     if not goals:
         raise CommandExecutionError(
             "nothing to fail over: set hcloud:failover:floating_ips "
@@ -1184,7 +1232,9 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
         reported so, with result True. In a split brain both nodes are MASTER
         and re-assert, and would otherwise take the addresses from each other
         for ever; this way the highest-ranked node keeps them. Without it (the
-        notify_master path) everything is claimed, wherever it is.
+        notify_master path) everything is claimed, wherever it is; only an
+        address that such a peer takes back during the run is then left to it
+        (that peer is MASTER too: the split brain seen from below).
 
     When ``hcloud:failover:state_file`` names the file where keepalived's
     notify script records this node's VRRP state (the formula's hook does),
@@ -1218,7 +1268,8 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
             clock,
             floating_ips,
             alias_ips,
-            yield_to=_yield_to(reassert),
+            yield_to=_outranking_peers(),
+            reassert=reassert,
             left_master=_vrrp_state_watch(),
         )
     finally:
@@ -1228,14 +1279,8 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
     return report
 
 
-def _yield_to(reassert):
-    """
-    The servers whose addresses this run leaves alone: on a re-assert, the
-    peers that outrank this node (hcloud:failover:yield_to); none on
-    notify_master, which must always claim.
-    """
-    if not reassert:
-        return frozenset()
+def _outranking_peers():
+    """The peers that would win a VRRP election against this node (hcloud:failover:yield_to)."""
     return frozenset(_split((_option("failover", {}) or {}).get("yield_to")))
 
 
@@ -1276,9 +1321,9 @@ def _warn_unknown_peers(yield_to, snapshot):
             )
 
 
-def _fail_over(client, clock, floating_ips, alias_ips, *, yield_to, left_master):
+def _fail_over(client, clock, floating_ips, alias_ips, *, yield_to, reassert, left_master):
     me = _this_server(client, clock)[0]
-    goals = _failover_goals(floating_ips, alias_ips, me, yield_to)
+    goals = _failover_goals(floating_ips, alias_ips, me, yield_to, reassert)
     log.info(
         "hcloud_ip: t+%.2fs failover of %d goal(s) to %s", clock.elapsed(), len(goals), me.name
     )

@@ -409,6 +409,37 @@ def test_a_failover_waits_out_a_move_another_node_has_under_way(failover_node, c
     assert holder(cloud, fip["id"]) == master["id"]
 
 
+def test_a_failover_leaves_what_an_outranking_peer_takes_back_meanwhile(node, cloud, pair):
+    # Split brain seen from below: this node became MASTER and claimed
+    # lb-http, but lb-backup (which outranks it here) is MASTER too and its
+    # re-assert is taking lb-http back. Claiming it again would start a tug
+    # of war until the deadline.
+    master, backup, fip = pair
+    node.set_options(
+        {
+            **node.options,
+            "failover": {"floating_ips": ["lb-http"], "deadline": 30, "yield_to": ["lb-backup"]},
+        }
+    )
+    client = cloud.client()
+    lb_http = client.floating_ips.get_by_id(fip["id"])
+    client.floating_ips.assign(lb_http, Server(id=master["id"]))
+    cloud.wait_idle()
+    cloud.configure(action_duration=3.0)
+    client.floating_ips.assign(lb_http, Server(id=backup["id"]))
+    cloud.clear_requests()
+    ret = node.call("-l", "warning", "hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert "waiting for assign_floating_ip of lb-http" in ret.stderr
+    entry = ret.data["floating_ips"][f"lb-http ({fip['ip']})"]
+    assert entry["moved"] is False
+    assert entry["comment"] == (
+        f"{fip['ip']} taken back by lb-backup, which outranks this node; left there (split brain)"
+    )
+    assert holder(cloud, fip["id"]) == backup["id"]
+    assert not [r for r in cloud.requests() if r["method"] == "POST"]
+
+
 # ---------------------------------------------------------------- faults
 
 

@@ -204,7 +204,9 @@ def test_a_bad_deadline_is_refused(value):
 def test_failover_refuses_alias_ips_that_are_not_a_mapping(options):
     options["failover"] = {"alias_ips": ["10.0.1.1"]}
     with pytest.raises(SaltInvocationError, match="hcloud:failover:alias_ips must map"):
-        hcloud_ip._failover_goals(None, None, SimpleNamespace(id=1, name="lb-master"), frozenset())
+        hcloud_ip._failover_goals(
+            None, None, SimpleNamespace(id=1, name="lb-master"), frozenset(), reassert=False
+        )
 
 
 def test_split_accepts_lists_and_comma_separated_strings():
@@ -219,6 +221,7 @@ def test_split_accepts_lists_and_comma_separated_strings():
 ME = SimpleNamespace(id=1, name="lb-me")
 TOP = SimpleNamespace(id=2, name="lb-top")
 OTHER = SimpleNamespace(id=3, name="lb-other")
+NOBODY = SimpleNamespace(id=None, name=None)
 NET = Network(id=5, name="lb-private", ip_range="10.0.0.0/16")
 
 
@@ -241,10 +244,11 @@ def snapshot(fip_holder, aliases):
     return hcloud_ip._Snapshot(client)
 
 
-def floating_ip_goal(yield_to, holder):
-    goal = hcloud_ip._FloatingIPGoal("lb-http", ME, frozenset(yield_to))
+def floating_ip_goal(yield_to, holder, reassert=True):
+    goal = hcloud_ip._FloatingIPGoal("lb-http", ME, frozenset(yield_to), reassert)
     snap = snapshot(holder, ([], [], []))
     goal.resolve(snap, None)
+    goal.observe(snap)
     return goal, snap
 
 
@@ -269,24 +273,44 @@ def test_a_reassert_still_takes_a_floating_ip_from_a_peer_this_node_outranks():
     assert what == "assign lb-http (198.51.100.7) to lb-me"
 
 
-def test_notify_master_claims_whoever_holds_the_floating_ip(options):
-    options["failover"] = {"yield_to": ["lb-top"]}
-    assert hcloud_ip._yield_to(reassert=False) == frozenset()
-    goal, snap = floating_ip_goal(hcloud_ip._yield_to(reassert=False), holder=TOP)
+def test_notify_master_claims_whoever_holds_the_floating_ip():
+    goal, snap = floating_ip_goal({"lb-top"}, holder=TOP, reassert=False)
     assert [what for what, _ in goal.steps(snap, MagicMock())] == [
         "assign lb-http (198.51.100.7) to lb-me"
     ]
 
 
-def test_a_reassert_reads_the_peers_to_yield_to_from_the_failover_options(options):
-    assert hcloud_ip._yield_to(reassert=True) == frozenset()
+@pytest.mark.parametrize("taken_from", [ME, OTHER, NOBODY], ids=["this-node", "other", "nobody"])
+def test_notify_master_leaves_what_an_outranking_peer_takes_back_during_the_run(taken_from):
+    # Split brain seen from below: lb-top is MASTER too and re-asserts.
+    goal, _ = floating_ip_goal({"lb-top"}, holder=taken_from, reassert=False)
+    taken = snapshot(TOP, ([], [], []))
+    goal.observe(taken)
+    assert goal.steps(taken, MagicMock()) == []
+    assert hcloud_ip._report(goal, {}, taken)["comment"] == (
+        "198.51.100.7 taken back by lb-top, which outranks this node; left there (split brain)"
+    )
+
+
+def test_notify_master_takes_back_what_a_peer_it_outranks_took_during_the_run():
+    goal, _ = floating_ip_goal({"lb-top"}, holder=ME, reassert=False)
+    taken = snapshot(OTHER, ([], [], []))
+    goal.observe(taken)
+    [(what, _)] = goal.steps(taken, MagicMock())
+    assert what == "assign lb-http (198.51.100.7) to lb-me"
+
+
+def test_the_outranking_peers_come_from_the_failover_options(options):
+    assert hcloud_ip._outranking_peers() == frozenset()
     options["failover"] = {"yield_to": ["lb-top", 2]}
-    assert hcloud_ip._yield_to(reassert=True) == {"lb-top", "2"}
+    assert hcloud_ip._outranking_peers() == {"lb-top", "2"}
 
 
 def test_a_reassert_leaves_each_alias_ip_an_outranking_peer_holds_and_takes_the_rest():
     client = MagicMock()
-    goal = hcloud_ip._AliasGoal("lb-private", ["10.0.1.1", "10.0.1.2"], ME, frozenset({"lb-top"}))
+    goal = hcloud_ip._AliasGoal(
+        "lb-private", ["10.0.1.1", "10.0.1.2"], ME, frozenset({"lb-top"}), reassert=True
+    )
     goal.network = NET
     # lb-top outranks this node and holds 10.0.1.1; lb-other does not and holds 10.0.1.2.
     snap = snapshot(ME, ([], ["10.0.1.1", "10.0.1.9"], ["10.0.1.2", "10.0.1.8"]))
@@ -307,6 +331,22 @@ def test_a_reassert_leaves_each_alias_ip_an_outranking_peer_holds_and_takes_the_
     assert hcloud_ip._report(goal, {}, snap)["comment"] == (
         "10.0.1.1 held by lb-top, which outranks this node; left there (re-assert)"
     )
+
+
+def test_notify_master_leaves_an_alias_ip_an_outranking_peer_claims_after_its_release():
+    client = MagicMock()
+    goal = hcloud_ip._AliasGoal("lb-private", ["10.0.1.1"], ME, frozenset({"lb-top"}))
+    goal.network = NET
+    held = snapshot(ME, ([], ["10.0.1.1"], []))
+    goal.observe(held)
+    [(what, _)] = goal.steps(held, client)
+    assert what == "release 10.0.1.1 in lb-private from lb-top"
+    # Released; then lb-top, MASTER too, claims it again before this node does.
+    goal.observe(snapshot(ME, ([], [], [])))
+    reclaimed = snapshot(ME, ([], ["10.0.1.1"], []))
+    goal.observe(reclaimed)
+    assert goal.steps(reclaimed, client) == []
+    assert goal.yielded(reclaimed) == {"10.0.1.1": "lb-top"}
 
 
 def test_without_peers_to_yield_to_every_alias_ip_is_released_first():
