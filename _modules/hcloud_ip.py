@@ -754,15 +754,15 @@ class _AliasGoal(_Goal):
         self.initial = self._holders(snapshot)
 
     def _holders(self, snapshot):
-        """{ip: name of the server holding it} for our IPs."""
+        """{ip: name of the server holding it} for our IPs that a server holds."""
         return {
-            ip: snapshot.names.get(server_id)
-            for server_id, aliases in snapshot.alias_holders(self.network.id, self.ips).items()
-            for ip in aliases
-            if ip in self.ips
+            ip: snapshot.names.get(holder)
+            for ip, holder in self.holder_ids(snapshot).items()
+            if holder is not None
         }
 
     def holder_ids(self, snapshot):
+        """{ip: ID of the server holding it, or None} for our IPs."""
         holders = dict.fromkeys(self.ips)
         for server_id, aliases in snapshot.alias_holders(self.network.id, self.ips).items():
             holders.update((ip, server_id) for ip in aliases if ip in self.ips)

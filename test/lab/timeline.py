@@ -69,9 +69,10 @@ def syslog_events(lab, since):
 def api_events(lab, since):
     events = []
     for event in lab.api_events(since):
-        role = lab.server_role(event["new_server_id"]) or "nobody"
+        role = lab.server_role(event["new_server_id"])
         what = "alias IP" if event["kind"] != "floating_ip" else "floating IP"
-        events.append((event["time"], "API", f"{what} {event['ip']} assigned to {role}"))
+        done = f"assigned to {role}" if role else "released"
+        events.append((event["time"], "API", f"{what} {event['ip']} {done}"))
     return events
 
 
