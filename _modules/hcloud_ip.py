@@ -118,6 +118,11 @@ def _option(key, default=None):
     return default if value in (None, "") else value
 
 
+def _failover_option(key, default=None):
+    """One entry of hcloud:failover, the block the failover reads as a whole."""
+    return (_option("failover", {}) or {}).get(key, default)
+
+
 def _token():
     token = _option("token")
     if not token:
@@ -1078,7 +1083,7 @@ def _left_there(yielded, reassert):
 
 def _clock(deadline):
     if deadline is None:
-        deadline = (_option("failover", {}) or {}).get("deadline", DEFAULT_DEADLINE)
+        deadline = _failover_option("deadline", DEFAULT_DEADLINE)
     return _Clock(_positive_float(deadline, "deadline"))
 
 
@@ -1190,9 +1195,8 @@ def _read_alias_ips(client, network, server):
 
 
 def _failover_goals(floating_ips, alias_ips, me, yield_to, reassert):
-    settings = _option("failover", {}) or {}
-    fip_refs = _split(settings.get("floating_ips") if floating_ips is None else floating_ips)
-    alias_map = settings.get("alias_ips") if alias_ips is None else alias_ips
+    fip_refs = _split(_failover_option("floating_ips") if floating_ips is None else floating_ips)
+    alias_map = _failover_option("alias_ips") if alias_ips is None else alias_ips
     if not isinstance(alias_map or {}, dict):
         raise SaltInvocationError(
             "hcloud:failover:alias_ips must map a network name or ID to a list of IPs"
@@ -1281,7 +1285,7 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
 
 def _outranking_peers():
     """The peers that would win a VRRP election against this node (hcloud:failover:yield_to)."""
-    return frozenset(_split((_option("failover", {}) or {}).get("yield_to")))
+    return frozenset(_split(_failover_option("yield_to")))
 
 
 def _vrrp_state_watch():
@@ -1294,7 +1298,7 @@ def _vrrp_state_watch():
     long before salt-call is up, so a transition is not mistaken for a stale
     state; were it ever, the re-assert loop would finish the job.
     """
-    path = (_option("failover", {}) or {}).get("state_file")
+    path = _failover_option("state_file")
     if not path:
         return lambda: None
 
