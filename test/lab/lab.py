@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from fakecloud.pytest_plugin import FakeCloud
+from helpers import wait_for
 
 LAB_DIR = Path(__file__).resolve().parent
 TEST_DIR = LAB_DIR.parent
@@ -882,12 +883,9 @@ def _responds(api):
     return False
 
 
-def _wait(predicate, timeout, message, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise LabError(message() if callable(message) else message)
-        time.sleep(interval)
+def _wait(predicate, timeout, message):
+    """``wait_for``, raising LabError with ``message`` (a text, or a function making one)."""
+    value = wait_for(predicate, timeout)
+    if not value:
+        raise LabError(message() if callable(message) else message)
+    return value
