@@ -185,11 +185,15 @@ def test_the_hook_config_stops_a_failover_when_keepalived_leaves_master(
     assert config["hcloud"]["failover"]["state_file"] == state_file
 
 
-def test_only_the_reassert_loop_asks_the_failover_to_yield(tmp_path):
+def failover_hook(tmp_path):
+    """The rendered failover hook, calling a salt-call stub that exits as ``status`` says."""
     node = FormulaNode(tmp_path)
     node.set_pillar(example_pillar())
+    status = tmp_path / "status"
     stub = tmp_path / "salt-call"
-    stub.write_text('#!/bin/sh\necho "salt-call $*"\n')
+    stub.write_text(
+        f'#!/bin/sh\necho "salt-call $*"\nexit "$(cat {status} 2>/dev/null || echo 0)"\n'
+    )
     stub.chmod(0o700)
     script = render(
         node,
@@ -203,12 +207,34 @@ def test_only_the_reassert_loop_asks_the_failover_to_yield(tmp_path):
     hook = tmp_path / "failover"
     hook.write_text(script)
 
-    def called_with(*argv):
+    def run(*argv, status_code=0):
+        """Run the hook; the salt-call line it logged."""
+        status.write_text(str(status_code))
         ret = subprocess.run(
-            ["bash", str(hook), *argv], capture_output=True, text=True, timeout=30, check=True
+            ["bash", str(hook), *argv], capture_output=True, text=True, timeout=30, check=False
         )
+        assert ret.returncode == status_code, ret.stderr
         return next(line for line in ret.stderr.splitlines() if "salt-call " in line)
 
-    assert called_with("reassert").endswith(" hcloud_ip.failover reassert=True")
-    assert called_with().endswith(" hcloud_ip.failover")
-    assert called_with("test").endswith(" hcloud_ip.failover")
+    return run
+
+
+def test_only_the_reassert_loop_asks_the_failover_to_yield(tmp_path):
+    hook = failover_hook(tmp_path)
+    assert hook().endswith(" hcloud_ip.failover")
+    assert hook("reassert").endswith(" hcloud_ip.failover reassert=True")
+    assert hook("test").endswith(" hcloud_ip.failover")
+
+
+def test_the_reassert_loop_claims_all_until_a_claim_has_succeeded(tmp_path):
+    # notify_master failed (the API was down past its deadline): the peer that
+    # outranks this node and holds the addresses may be the master that died,
+    # so the loop must not leave them to it.
+    hook = failover_hook(tmp_path)
+    assert hook(status_code=1).endswith(" hcloud_ip.failover")
+    assert hook("reassert", status_code=1).endswith(" hcloud_ip.failover")
+    assert hook("reassert").endswith(" hcloud_ip.failover")
+    assert hook("reassert").endswith(" hcloud_ip.failover reassert=True")
+    # The next notify_master starts over: until it succeeds, nothing is left to a peer.
+    assert hook(status_code=1).endswith(" hcloud_ip.failover")
+    assert hook("reassert").endswith(" hcloud_ip.failover")

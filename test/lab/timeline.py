@@ -17,7 +17,7 @@ SYSLOG_MARKS = (
     ("Entering MASTER STATE", "", "becomes MASTER"),
     ("failover (notify_master) starting", "", "failover hook starts"),
     ("failover (notify_master) exited with 0", "", "failover hook done"),
-    ("failover (reassert) starting", "", "re-assert starts"),
+    ("failover (reassert", " starting", "re-assert starts"),
 )
 
 
