@@ -32,7 +32,6 @@ A floating IP is named by its name, its ID or its address (for an IPv6
 floating IP any address in its /64). A server or network by its name or ID.
 """
 
-import collections
 import concurrent.futures
 import hashlib
 import ipaddress
@@ -640,49 +639,66 @@ class _Snapshot:
         return server_id is not None and bool({str(server_id), self.names.get(server_id)} & refs)
 
 
-class _Goal:
-    """What both kinds of goal share: the target, and when to leave an address to a peer."""
+class _OutrankingPeers:
+    """
+    The servers in hcloud:failover:yield_to, and the one acting as MASTER.
 
-    def __init__(self, target, yield_to, reassert):
+    In a split brain (VRRP between the nodes cut) every node is MASTER and runs
+    the failover; the highest-ranked must end with the addresses, or they go to
+    and fro until the deadlines. A peer in yield_to shows that it acts as
+    MASTER by holding one of the addresses when this run is a re-assert (it
+    runs while MASTER, after this node's own claim), or by holding one that
+    this run has moved (notify_master: a peer that merely holds them may be the
+    master that just died). From then on this run leaves every address that is
+    not on this node to that peer, wherever it is: that peer is taking them
+    all, and claiming any meanwhile would start the tug of war again (it
+    releases an alias IP from this node, then claims it in its next round).
+    """
+
+    def __init__(self, refs=frozenset(), reassert=False):
+        self.refs = refs
+        self.reassert = reassert
+        self.acting = None  # ID of the peer acting as MASTER by the last read
+
+    def notice(self, goals, snapshot):
+        """Find the peer acting as MASTER by this read, if any (see the class)."""
+        self.acting = next(
+            (
+                holder
+                for goal in goals
+                if self.reassert or goal.moved
+                for holder in goal.holder_ids(snapshot).values()
+                if snapshot.is_one_of(holder, self.refs)
+            ),
+            None,
+        )
+
+
+class _Goal:
+    """What both kinds of goal share: the target, and the peers to leave addresses to."""
+
+    def __init__(self, target, peers):
         self.target_id = target.id if target else None
         self.target_name = target.name if target else None
-        self.yield_to = yield_to
-        self.reassert = reassert
-        self.seen = collections.defaultdict(set)  # address -> its holders during this run
+        self.peers = peers or _OutrankingPeers()
         self.moved = False
         self.stood_down = None
 
-    def observe(self, snapshot):
-        """Remember who holds each address by this read (see ``leaves``)."""
-        for ip, holder in self.holder_ids(snapshot).items():
-            self.seen[ip].add(holder)
-
-    def leaves(self, ip, holder, snapshot):
-        """
-        Whether this run leaves ``ip`` with ``holder``, a peer in yield_to.
-
-        A re-assert always does: in a split brain both nodes are MASTER, and
-        the highest-ranked keeps the addresses. notify_master claims them
-        wherever they are, but once such a peer takes one back during the run,
-        that peer is alive and MASTER too (the same split brain, seen from the
-        lower-ranked side): claiming it again would start a tug of war that
-        lasts until the deadline.
-        """
-        if holder in (None, self.target_id) or not snapshot.is_one_of(holder, self.yield_to):
-            return False
-        return self.reassert or bool(self.seen[ip] - {holder})
+    def leaves(self, holder):
+        """Whether an address on holder is left to an outranking peer (``_OutrankingPeers``)."""
+        return holder != self.target_id and self.peers.acting is not None
 
 
 class _FloatingIPGoal(_Goal):
     """
     A floating IP that must end up on target (or on no server, if target is
-    None), unless it is left to a server in yield_to (``_Goal.leaves``).
+    None), unless it is left to an outranking peer (``_OutrankingPeers``).
     """
 
     kind = "floating_ip"
 
-    def __init__(self, ref, target, yield_to=frozenset(), reassert=False):
-        super().__init__(target, yield_to, reassert)
+    def __init__(self, ref, target, peers=None):
+        super().__init__(target, peers)
         self.ref = ref
         self.fip = None
         self.initial_holder = None
@@ -699,9 +715,9 @@ class _FloatingIPGoal(_Goal):
         return {self.fip.ip: snapshot.floating_ip_holder(self.fip.id)}
 
     def yielded(self, snapshot):
-        """{address: holder} when it is left to a server in yield_to."""
+        """{address: holder's name, None for no server} when it is left to a peer."""
         holder = snapshot.floating_ip_holder(self.fip.id)
-        if self.leaves(self.fip.ip, holder, snapshot):
+        if self.leaves(holder):
             return {self.fip.ip: snapshot.names.get(holder)}
         return {}
 
@@ -731,13 +747,13 @@ class _FloatingIPGoal(_Goal):
 class _AliasGoal(_Goal):
     """
     Alias IPs in a network that must end up on target, taken from any other
-    holder first, except those left to a server in yield_to (``_Goal.leaves``).
+    holder first, except those left to an outranking peer (``_OutrankingPeers``).
     """
 
     kind = "alias_ip"
 
-    def __init__(self, network_ref, ips, target, yield_to=frozenset(), reassert=False):
-        super().__init__(target, yield_to, reassert)
+    def __init__(self, network_ref, ips, target, peers=None):
+        super().__init__(target, peers)
         self.network_ref = network_ref
         self.ips = ips
         self.network = None
@@ -774,11 +790,11 @@ class _AliasGoal(_Goal):
         return holders
 
     def yielded(self, snapshot):
-        """{alias IP: holder} for ours that are left to a server in yield_to."""
+        """{alias IP: holder's name, None for no server} for ours left to a peer."""
         return {
             ip: snapshot.names.get(holder)
             for ip, holder in self.holder_ids(snapshot).items()
-            if self.leaves(ip, holder, snapshot)
+            if self.leaves(holder)
         }
 
     def steps(self, snapshot, client):
@@ -1027,9 +1043,10 @@ def _resolve_goals(client, goals, snapshot, clock):
 
 
 def _observe(goals, failures, snapshot):
-    for goal in goals:
-        if goal not in failures:
-            goal.observe(snapshot)
+    """Let the run's outranking peers see, in this read, whether one acts as MASTER."""
+    live = [goal for goal in goals if goal not in failures]
+    for peers in {goal.peers for goal in live}:
+        peers.notice(live, snapshot)
 
 
 def _pending_steps(client, goals, snapshot, failures):
@@ -1062,23 +1079,28 @@ def _report(goal, failures, snapshot):
     elif goal.stood_down:
         entry["comment"] = f"left where it is: this node became {goal.stood_down} meanwhile"
     elif yielded := goal.yielded(snapshot):
-        entry["comment"] = _left_there(yielded, goal.reassert)
+        entry["comment"] = _left_there(yielded, goal.peers, snapshot)
     elif not goal.moved:
         entry["comment"] = "already here"
     return entry
 
 
-def _left_there(yielded, reassert):
-    """Say which of a goal's addresses were left on which outranking peer, and why."""
-    if reassert:
-        how, why = "held by", "left there (re-assert)"
-    else:
-        how, why = "taken back by", "left there (split brain)"
-    return "; ".join(
-        f"{', '.join(ip for ip, h in yielded.items() if h == holder)} {how} {holder}, "
-        f"which outranks this node; {why}"
-        for holder in sorted(set(yielded.values()))
-    )
+def _left_there(yielded, peers, snapshot):
+    """Say which of a goal's addresses were left to the outranking peer, and why."""
+    acting = snapshot.names.get(peers.acting)
+    why = "re-assert" if peers.reassert else "split brain"
+    took = "" if peers.reassert else " and took back what this run moved"
+    parts = []
+    for holder in sorted(set(yielded.values()), key=lambda name: name or ""):
+        ips = ", ".join(ip for ip, h in yielded.items() if h == holder)
+        if holder == acting:
+            parts.append(f"{ips} held by {acting}, which outranks this node{took}; left there")
+        else:
+            parts.append(
+                f"{ips} on {holder or 'no server'} while {acting}, which outranks this node{took}, "
+                "takes the addresses; left for it"
+            )
+    return "; ".join(f"{part} ({why})" for part in parts)
 
 
 def _clock(deadline):
@@ -1194,18 +1216,15 @@ def _read_alias_ips(client, network, server):
     return {"server": server.name, "network": net.name, "alias_ips": sorted(private.alias_ips)}
 
 
-def _failover_goals(floating_ips, alias_ips, me, yield_to, reassert):
+def _failover_goals(floating_ips, alias_ips, me, peers):
     fip_refs = _split(_failover_option("floating_ips") if floating_ips is None else floating_ips)
     alias_map = _failover_option("alias_ips") if alias_ips is None else alias_ips
     if not isinstance(alias_map or {}, dict):
         raise SaltInvocationError(
             "hcloud:failover:alias_ips must map a network name or ID to a list of IPs"
         )
-    goals = [_FloatingIPGoal(ref, me, yield_to, reassert) for ref in fip_refs]
-    goals += [
-        _AliasGoal(net, _split(ips), me, yield_to, reassert)
-        for net, ips in (alias_map or {}).items()
-    ]
+    goals = [_FloatingIPGoal(ref, me, peers) for ref in fip_refs]
+    goals += [_AliasGoal(net, _split(ips), me, peers) for net, ips in (alias_map or {}).items()]
     if not goals:
         raise CommandExecutionError(
             "nothing to fail over: set hcloud:failover:floating_ips "
@@ -1233,12 +1252,14 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
         MASTER rather than on a transition to MASTER: an address held by a
         server in ``hcloud:failover:yield_to`` (names or IDs of the peers that
         would win a VRRP election against this node) is then left there and
-        reported so, with result True. In a split brain both nodes are MASTER
-        and re-assert, and would otherwise take the addresses from each other
-        for ever; this way the highest-ranked node keeps them. Without it (the
-        notify_master path) everything is claimed, wherever it is; only an
-        address that such a peer takes back during the run is then left to it
-        (that peer is MASTER too: the split brain seen from below).
+        reported so, with result True, and so is every address not here while
+        such a peer holds one. In a split brain both nodes are
+        MASTER and re-assert, and would otherwise take the addresses from each
+        other for ever; this way the highest-ranked node keeps them. Without it
+        (the notify_master path) everything is claimed, wherever it is; once
+        such a peer takes back an address this run moved, that peer is MASTER
+        too (the split brain seen from below), and every address not here is
+        left to it (``_OutrankingPeers``).
 
     When ``hcloud:failover:state_file`` names the file where keepalived's
     notify script records this node's VRRP state (the formula's hook does),
@@ -1272,8 +1293,7 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
             clock,
             floating_ips,
             alias_ips,
-            yield_to=_outranking_peers(),
-            reassert=reassert,
+            peers=_OutrankingPeers(_outranking_peers(), reassert),
             left_master=_vrrp_state_watch(),
         )
     finally:
@@ -1316,23 +1336,23 @@ def _vrrp_state_watch():
     return left_master
 
 
-def _warn_unknown_peers(yield_to, snapshot):
+def _warn_unknown_peers(peers, snapshot):
     """A yield_to entry naming no server would silently let a split brain flap."""
-    for ref in sorted(yield_to):
+    for ref in sorted(peers.refs):
         if not any(snapshot.is_one_of(server.id, {ref}) for server in snapshot.servers):
             log.warning(
                 "hcloud_ip: hcloud:failover:yield_to names no server of this project: %r", ref
             )
 
 
-def _fail_over(client, clock, floating_ips, alias_ips, *, yield_to, reassert, left_master):
+def _fail_over(client, clock, floating_ips, alias_ips, *, peers, left_master):
     me = _this_server(client, clock)[0]
-    goals = _failover_goals(floating_ips, alias_ips, me, yield_to, reassert)
+    goals = _failover_goals(floating_ips, alias_ips, me, peers)
     log.info(
         "hcloud_ip: t+%.2fs failover of %d goal(s) to %s", clock.elapsed(), len(goals), me.name
     )
     failures, snapshot = _converge(client, goals, clock, left_master)
-    _warn_unknown_peers(yield_to, snapshot)
+    _warn_unknown_peers(peers, snapshot)
     stood_down = next((goal.stood_down for goal in goals if goal.stood_down), None)
     if failures:
         outcome = f"FAILED for {len(failures)} of {len(goals)}"

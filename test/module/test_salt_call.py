@@ -394,12 +394,11 @@ def test_a_failover_stops_when_its_node_leaves_master(node, cloud, pair, private
 
 @pytest.mark.parametrize("outranked", [False, True], ids=["mover-ranks-lower", "mover-outranks"])
 def test_a_failover_waits_out_a_move_another_node_has_under_way(node, cloud, pair, outranked):
-    # lb-http is on lb-master, but lb-backup is moving it away. If that is
-    # lb-backup's failover, still running after it lost mastership, "already
-    # here" would be undone a moment later: wait for it, then take it back.
-    # If lb-backup outranks this node, it is MASTER too (split brain seen from
-    # below) and re-asserting: wait, then leave it there rather than pull it
-    # to and fro until the deadline.
+    # lb-http is on lb-master, but lb-backup is moving it away: its failover,
+    # still running after it lost mastership (it preempted, then went FAULT).
+    # "Already here" would be undone a moment later: wait for it, then take it
+    # back. Even when lb-backup outranks this node: it took nothing this run
+    # had moved, so nothing says it is MASTER.
     master, backup, fip = pair
     failover = {"floating_ips": ["lb-http"], "deadline": 30}
     if outranked:
@@ -415,20 +414,76 @@ def test_a_failover_waits_out_a_move_another_node_has_under_way(node, cloud, pai
     ret = node.call("-l", "warning", "hcloud_ip.failover")
     assert ret.returncode == 0, ret.stdout + ret.stderr
     assert "waiting for assign_floating_ip of lb-http" in ret.stderr
-    entry = ret.data["floating_ips"][f"lb-http ({fip['ip']})"]
-    assigns = [r for r in cloud.requests() if r["method"] == "POST"]
-    if outranked:
-        assert entry["moved"] is False
-        assert entry["comment"] == (
-            f"{fip['ip']} taken back by lb-backup, which outranks this node; "
-            "left there (split brain)"
-        )
-        assert holder(cloud, fip["id"]) == backup["id"]
-        assert not assigns
-    else:
-        assert entry["moved"] is True
-        assert holder(cloud, fip["id"]) == master["id"]
-        assert len(assigns) == 1
+    assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["moved"] is True
+    assert holder(cloud, fip["id"]) == master["id"]
+    posts = [r for r in cloud.requests() if r["method"] == "POST"]
+    assert len(posts) == 1, (posts, ret.stderr)
+
+
+def test_notify_master_leaves_what_an_outranking_peer_takes_back_after_its_move(node, cloud, pair):
+    # Split brain seen from below: this node's notify_master moves lb-http
+    # here, then lb-backup, which outranks it and is MASTER too, re-asserts and
+    # takes it back. Claiming it again would pull it to and fro until the
+    # deadline. The check for moves under way is slowed down so that lb-backup's
+    # move is sure to run by then.
+    master, backup, fip = pair
+    failover = {"floating_ips": ["lb-http"], "deadline": 30, "yield_to": ["lb-backup"]}
+    node.set_options({**node.options, "failover": failover})
+    cloud.add_fault("/floating_ips/actions", method="GET", latency=2.0)
+    client = cloud.client()
+    since = cloud.events()["last"]
+
+    def take_back_once_moved_here():
+        arrived = cloud.events(since=since, timeout=60)["events"]
+        assert [e["new_server_id"] for e in arrived] == [master["id"]]
+        cloud.configure(action_duration=5.0)
+        client.floating_ips.assign(client.floating_ips.get_by_id(fip["id"]), Server(backup["id"]))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        peer = pool.submit(take_back_once_moved_here)
+        ret = node.call("-l", "warning", "hcloud_ip.failover")
+        peer.result(timeout=60)
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert "waiting for assign_floating_ip of lb-http" in ret.stderr
+    assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["comment"] == (
+        f"{fip['ip']} held by lb-backup, which outranks this node and took back what this run "
+        "moved; left there (split brain)"
+    )
+    assert holder(cloud, fip["id"]) == backup["id"]
+    assigns = [r for r in cloud.requests() if r["path"].endswith("/actions/assign")]
+    assert len(assigns) == 2  # this node's, then lb-backup's; none after
+
+
+def test_a_reassert_leaves_an_alias_ip_an_outranking_peer_has_released_to_claim_it(
+    node, cloud, pair, private_net
+):
+    # Split brain: lb-backup outranks this node and re-asserts. It holds
+    # lb-http and has released the alias IP from this node, to claim it in its
+    # next round; claiming it here meanwhile would start a tug of war.
+    master, backup, _ = pair
+    client = cloud.client()
+    network = client.networks.get_by_id(private_net["id"])
+    client.servers.change_alias_ips(Server(id=backup["id"]), network, ["10.0.1.60"])
+    cloud.wait_idle()
+    node.set_options(
+        {
+            **node.options,
+            "failover": {
+                "floating_ips": ["lb-http"],
+                "alias_ips": {"lb-private": ["10.0.1.1"]},
+                "yield_to": ["lb-backup"],
+            },
+        }
+    )
+    cloud.clear_requests()
+    ret = node.call("hcloud_ip.failover", "reassert=True")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert ret.data["alias_ips"]["10.0.1.1 in lb-private"]["comment"] == (
+        "10.0.1.1 on no server while lb-backup, which outranks this node, takes the addresses; "
+        "left for it (re-assert)"
+    )
+    assert not [r for r in cloud.requests() if r["method"] != "GET"]
+    assert "10.0.1.1" not in aliases(cloud, master["id"], private_net["id"])
 
 
 # ---------------------------------------------------------------- faults

@@ -205,7 +205,7 @@ def test_failover_refuses_alias_ips_that_are_not_a_mapping(options):
     options["failover"] = {"alias_ips": ["10.0.1.1"]}
     with pytest.raises(SaltInvocationError, match="hcloud:failover:alias_ips must map"):
         hcloud_ip._failover_goals(
-            None, None, SimpleNamespace(id=1, name="lb-master"), frozenset(), reassert=False
+            None, None, SimpleNamespace(id=1, name="lb-master"), hcloud_ip._OutrankingPeers()
         )
 
 
@@ -244,12 +244,31 @@ def snapshot(fip_holder, aliases):
     return hcloud_ip._Snapshot(client)
 
 
-def floating_ip_goal(yield_to, holder, reassert=True):
-    goal = hcloud_ip._FloatingIPGoal("lb-http", ME, frozenset(yield_to), reassert)
+def peers(yield_to=("lb-top",), reassert=True):
+    return hcloud_ip._OutrankingPeers(frozenset(yield_to), reassert)
+
+
+def observe(goals, snap):
+    """What _converge does with each read."""
+    hcloud_ip._observe(goals, {}, snap)
+
+
+def floating_ip_goal(yield_to, holder, reassert=True, shared=None):
+    goal = hcloud_ip._FloatingIPGoal("lb-http", ME, shared or peers(yield_to, reassert))
     snap = snapshot(holder, ([], [], []))
     goal.resolve(snap, None)
-    goal.observe(snap)
+    observe([goal], snap)
     return goal, snap
+
+
+def alias_goal(ips, shared):
+    goal = hcloud_ip._AliasGoal("lb-private", ips, ME, shared)
+    goal.network = NET
+    return goal
+
+
+def step_names(goal, snap, client=None):
+    return [what for what, _ in goal.steps(snap, client or MagicMock())]
 
 
 @pytest.mark.parametrize("yield_to", [{"lb-top"}, {"2"}], ids=["by-name", "by-id"])
@@ -269,35 +288,46 @@ def test_a_reassert_leaves_a_floating_ip_to_a_peer_that_outranks_this_node(yield
 def test_a_reassert_still_takes_a_floating_ip_from_a_peer_this_node_outranks():
     # The freeze case: the backup took the address; the master wakes up still MASTER.
     goal, snap = floating_ip_goal({"lb-top"}, holder=OTHER)
-    [(what, _)] = goal.steps(snap, MagicMock())
-    assert what == "assign lb-http (198.51.100.7) to lb-me"
+    assert step_names(goal, snap) == ["assign lb-http (198.51.100.7) to lb-me"]
 
 
 def test_notify_master_claims_whoever_holds_the_floating_ip():
     goal, snap = floating_ip_goal({"lb-top"}, holder=TOP, reassert=False)
-    assert [what for what, _ in goal.steps(snap, MagicMock())] == [
-        "assign lb-http (198.51.100.7) to lb-me"
-    ]
+    assert step_names(goal, snap) == ["assign lb-http (198.51.100.7) to lb-me"]
 
 
-@pytest.mark.parametrize("taken_from", [ME, OTHER, NOBODY], ids=["this-node", "other", "nobody"])
-def test_notify_master_leaves_what_an_outranking_peer_takes_back_during_the_run(taken_from):
+@pytest.mark.parametrize("taken_from", [OTHER, NOBODY], ids=["other", "nobody"])
+def test_notify_master_leaves_what_an_outranking_peer_takes_back_after_this_run_moved_it(
+    taken_from,
+):
     # Split brain seen from below: lb-top is MASTER too and re-asserts.
-    goal, _ = floating_ip_goal({"lb-top"}, holder=taken_from, reassert=False)
+    goal, snap = floating_ip_goal({"lb-top"}, holder=taken_from, reassert=False)
+    assert step_names(goal, snap) == ["assign lb-http (198.51.100.7) to lb-me"]
+    goal.moved = True  # what _act records before it sends the steps
     taken = snapshot(TOP, ([], [], []))
-    goal.observe(taken)
+    observe([goal], taken)
     assert goal.steps(taken, MagicMock()) == []
     assert hcloud_ip._report(goal, {}, taken)["comment"] == (
-        "198.51.100.7 taken back by lb-top, which outranks this node; left there (split brain)"
+        "198.51.100.7 held by lb-top, which outranks this node and took back what this run "
+        "moved; left there (split brain)"
     )
 
 
-def test_notify_master_takes_back_what_a_peer_it_outranks_took_during_the_run():
+def test_notify_master_takes_back_what_an_outranking_peer_moves_before_this_run_moved_it():
+    # lb-top preempted, went FAULT mid-failover, and its move lands now: it is
+    # not acting as MASTER, so the address comes back here.
     goal, _ = floating_ip_goal({"lb-top"}, holder=ME, reassert=False)
+    landed = snapshot(TOP, ([], [], []))
+    observe([goal], landed)
+    assert step_names(goal, landed) == ["assign lb-http (198.51.100.7) to lb-me"]
+
+
+def test_notify_master_takes_back_what_a_peer_it_outranks_took_during_the_run():
+    goal, _ = floating_ip_goal({"lb-top"}, holder=OTHER, reassert=False)
+    goal.moved = True
     taken = snapshot(OTHER, ([], [], []))
-    goal.observe(taken)
-    [(what, _)] = goal.steps(taken, MagicMock())
-    assert what == "assign lb-http (198.51.100.7) to lb-me"
+    observe([goal], taken)
+    assert step_names(goal, taken) == ["assign lb-http (198.51.100.7) to lb-me"]
 
 
 def test_the_outranking_peers_come_from_the_failover_options(options):
@@ -306,47 +336,89 @@ def test_the_outranking_peers_come_from_the_failover_options(options):
     assert hcloud_ip._outranking_peers() == {"lb-top", "2"}
 
 
-def test_a_reassert_leaves_each_alias_ip_an_outranking_peer_holds_and_takes_the_rest():
+def test_alias_ips_are_released_then_claimed_keeping_each_servers_other_aliases():
     client = MagicMock()
-    goal = hcloud_ip._AliasGoal(
-        "lb-private", ["10.0.1.1", "10.0.1.2"], ME, frozenset({"lb-top"}), reassert=True
-    )
-    goal.network = NET
-    # lb-top outranks this node and holds 10.0.1.1; lb-other does not and holds 10.0.1.2.
-    snap = snapshot(ME, ([], ["10.0.1.1", "10.0.1.9"], ["10.0.1.2", "10.0.1.8"]))
+    goal = alias_goal(["10.0.1.1", "10.0.1.2"], peers())
+    # lb-top outranks this node but holds none of them: no peer acts as MASTER.
+    snap = snapshot(ME, ([], ["10.0.1.9"], ["10.0.1.1", "10.0.1.2", "10.0.1.8"]))
+    observe([goal], snap)
     [(what, release)] = goal.steps(snap, client)
     assert what == "release 10.0.1.1, 10.0.1.2 in lb-private from lb-other"
     release()
     assert client.servers.change_alias_ips.call_args.args[2] == ["10.0.1.8"]
 
-    snap = snapshot(ME, (["10.0.1.7"], ["10.0.1.1", "10.0.1.9"], ["10.0.1.8"]))
+    snap = snapshot(ME, (["10.0.1.7"], ["10.0.1.9"], ["10.0.1.8"]))
+    observe([goal], snap)
     [(what, claim)] = goal.steps(snap, client)
     assert what == "claim 10.0.1.1, 10.0.1.2 in lb-private on lb-me"
     claim()
-    assert client.servers.change_alias_ips.call_args.args[2] == ["10.0.1.7", "10.0.1.2"]
+    assert client.servers.change_alias_ips.call_args.args[2] == ["10.0.1.7", "10.0.1.1", "10.0.1.2"]
 
-    snap = snapshot(ME, (["10.0.1.7", "10.0.1.2"], ["10.0.1.1", "10.0.1.9"], ["10.0.1.8"]))
-    assert goal.steps(snap, client) == []
+
+def test_a_reassert_leaves_every_alias_ip_not_here_to_an_outranking_peer_that_holds_one():
+    goal = alias_goal(["10.0.1.1", "10.0.1.2", "10.0.1.3"], peers())
+    # lb-top outranks this node and holds 10.0.1.1: it is MASTER too and takes
+    # them all, including 10.0.1.2 from lb-other, which ranks lower.
+    snap = snapshot(ME, (["10.0.1.3"], ["10.0.1.1", "10.0.1.9"], ["10.0.1.2", "10.0.1.8"]))
+    observe([goal], snap)
+    assert goal.steps(snap, MagicMock()) == []
     goal.initial = goal._holders(snap)
     assert hcloud_ip._report(goal, {}, snap)["comment"] == (
+        "10.0.1.2 on lb-other while lb-top, which outranks this node, takes the addresses; "
+        "left for it (re-assert); "
         "10.0.1.1 held by lb-top, which outranks this node; left there (re-assert)"
     )
 
 
-def test_notify_master_leaves_an_alias_ip_an_outranking_peer_claims_after_its_release():
+def test_a_reassert_leaves_an_alias_ip_on_no_server_while_an_outranking_peer_holds_the_rest():
+    # lb-top re-asserts: it has taken lb-http and released the alias IP from
+    # this node, and claims it next. Claiming it meanwhile would start a tug of
+    # war that lasts until both deadlines.
+    shared = peers()
+    fip_goal, _ = floating_ip_goal(None, holder=ME, shared=shared)
+    alias = alias_goal(["10.0.1.1"], shared)
+    released = snapshot(TOP, ([], [], []))
+    observe([fip_goal, alias], released)
+    assert alias.steps(released, MagicMock()) == []
+    alias.initial = {}
+    assert hcloud_ip._report(alias, {}, released)["comment"] == (
+        "10.0.1.1 on no server while lb-top, which outranks this node, takes the addresses; "
+        "left for it (re-assert)"
+    )
+
+
+@pytest.mark.parametrize("fip_holder", [ME, OTHER], ids=["this-node", "peer-it-outranks"])
+def test_a_reassert_claims_an_alias_ip_on_no_server_when_no_outranking_peer_holds_any(
+    fip_holder,
+):
+    shared = peers()
+    fip_goal, _ = floating_ip_goal(None, holder=fip_holder, shared=shared)
+    alias = alias_goal(["10.0.1.1"], shared)
+    free = snapshot(fip_holder, ([], [], []))
+    observe([fip_goal, alias], free)
+    assert step_names(alias, free) == ["claim 10.0.1.1 in lb-private on lb-me"]
+
+
+def test_notify_master_leaves_an_alias_ip_an_outranking_peer_releases_and_claims():
     client = MagicMock()
-    goal = hcloud_ip._AliasGoal("lb-private", ["10.0.1.1"], ME, frozenset({"lb-top"}))
-    goal.network = NET
-    held = snapshot(ME, ([], ["10.0.1.1"], []))
-    goal.observe(held)
-    [(what, _)] = goal.steps(held, client)
-    assert what == "release 10.0.1.1 in lb-private from lb-top"
-    # Released; then lb-top, MASTER too, claims it again before this node does.
-    goal.observe(snapshot(ME, ([], [], [])))
-    reclaimed = snapshot(ME, ([], ["10.0.1.1"], []))
-    goal.observe(reclaimed)
-    assert goal.steps(reclaimed, client) == []
-    assert goal.yielded(reclaimed) == {"10.0.1.1": "lb-top"}
+    shared = peers(reassert=False)
+    fip_goal, _ = floating_ip_goal(None, holder=TOP, shared=shared)
+    alias = alias_goal(["10.0.1.1"], shared)
+    held = snapshot(TOP, ([], ["10.0.1.1"], []))
+    observe([fip_goal, alias], held)
+    assert step_names(fip_goal, held) == ["assign lb-http (198.51.100.7) to lb-me"]
+    assert step_names(alias, held, client) == ["release 10.0.1.1 in lb-private from lb-top"]
+    fip_goal.moved = alias.moved = True
+    # Done; then lb-top, MASTER too, takes lb-http back and releases the alias
+    # IP from this node (which claimed it meanwhile), to claim it next.
+    released = snapshot(TOP, ([], [], []))
+    observe([fip_goal, alias], released)
+    assert alias.steps(released, client) == []
+    assert alias.yielded(released) == {"10.0.1.1": None}
+    reclaimed = snapshot(TOP, ([], ["10.0.1.1"], []))
+    observe([fip_goal, alias], reclaimed)
+    assert alias.steps(reclaimed, client) == []
+    assert alias.yielded(reclaimed) == {"10.0.1.1": "lb-top"}
 
 
 def test_without_peers_to_yield_to_every_alias_ip_is_released_first():
