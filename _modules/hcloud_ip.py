@@ -32,6 +32,7 @@ A floating IP is named by its name, its ID or its address (for an IPv6
 floating IP any address in its /64). A server or network by its name or ID.
 """
 
+import collections
 import concurrent.futures
 import hashlib
 import ipaddress
@@ -647,9 +648,10 @@ class _OutrankingPeers:
     the failover; the highest-ranked must end with the addresses, or they go to
     and fro until the deadlines. A peer in yield_to shows that it acts as
     MASTER by holding one of the addresses when this run is a re-assert (it
-    runs while MASTER, after this node's own claim), or by holding one that
-    this run has moved (notify_master: a peer that merely holds them may be the
-    master that just died). From then on this run leaves every address that is
+    runs while MASTER, after this node's own claim), or by taking one back
+    that this run moved (notify_master: a peer that merely holds them may be
+    the master that just died, and still holds them while its API calls fail
+    with locked or 503). From then on this run leaves every address that is
     not on this node to that peer, wherever it is: that peer is taking them
     all, and claiming any meanwhile would start the tug of war again (it
     releases an alias IP from this node, then claims it in its next round).
@@ -666,9 +668,9 @@ class _OutrankingPeers:
             (
                 holder
                 for goal in goals
-                if self.reassert or goal.moved
-                for holder in goal.holder_ids(snapshot).values()
+                for ip, holder in goal.holder_ids(snapshot).items()
                 if snapshot.is_one_of(holder, self.refs)
+                and (self.reassert or goal.took_back(ip, holder))
             ),
             None,
         )
@@ -681,8 +683,18 @@ class _Goal:
         self.target_id = target.id if target else None
         self.target_name = target.name if target else None
         self.peers = peers or _OutrankingPeers()
+        self.seen = collections.defaultdict(set)  # address -> its holders during this run
         self.moved = False
         self.stood_down = None
+
+    def observe(self, snapshot):
+        """Remember who holds each address by this read (see ``took_back``)."""
+        for ip, holder in self.holder_ids(snapshot).items():
+            self.seen[ip].add(holder)
+
+    def took_back(self, ip, holder):
+        """Whether holder took ip during this run, one that has moved this goal's addresses."""
+        return self.moved and bool(self.seen[ip] - {holder})
 
     def leaves(self, holder):
         """Whether an address on holder is left to an outranking peer (``_OutrankingPeers``)."""
@@ -1043,8 +1055,10 @@ def _resolve_goals(client, goals, snapshot, clock):
 
 
 def _observe(goals, failures, snapshot):
-    """Let the run's outranking peers see, in this read, whether one acts as MASTER."""
+    """Record who holds what by this read, and whether an outranking peer acts as MASTER."""
     live = [goal for goal in goals if goal not in failures]
+    for goal in live:
+        goal.observe(snapshot)
     for peers in {goal.peers for goal in live}:
         peers.notice(live, snapshot)
 

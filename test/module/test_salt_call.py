@@ -516,6 +516,22 @@ def test_failover_retries_transient_faults_on_assign(failover_node, cloud, pair,
     assert len(assigns) == 4  # three faults, then the one that worked
 
 
+def test_failover_retries_a_locked_assign_from_an_outranking_peer_that_died(
+    failover_node, cloud, pair
+):
+    # lb-backup outranks this node and holds lb-http: it is the master that
+    # died. Still holding it after a failed assign says nothing about it
+    # being alive, so the failover keeps claiming.
+    master, _, fip = pair
+    failover = {"floating_ips": ["lb-http"], "deadline": 30, "yield_to": ["lb-backup"]}
+    failover_node.set_options({**failover_node.options, "failover": failover})
+    cloud.add_fault("/floating_ips/*/actions/assign", count=3, method="POST", status=423)
+    ret = failover_node.call("hcloud_ip.failover")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["moved"] is True
+    assert holder(cloud, fip["id"]) == master["id"]
+
+
 def test_failover_retries_faults_while_reading(failover_node, cloud, pair):
     master, _, fip = pair
     cloud.add_fault("/floating_ips", count=2, method="GET", status=502, code="bad_gateway")

@@ -322,6 +322,16 @@ def test_notify_master_takes_back_what_an_outranking_peer_moves_before_this_run_
     assert step_names(goal, landed) == ["assign lb-http (198.51.100.7) to lb-me"]
 
 
+def test_notify_master_keeps_claiming_from_an_outranking_peer_whose_move_it_failed():
+    # lb-top died holding lb-http, and the assign met `locked`: lb-top still
+    # holding it says nothing about lb-top being alive.
+    goal, snap = floating_ip_goal({"lb-top"}, holder=TOP, reassert=False)
+    assert step_names(goal, snap) == ["assign lb-http (198.51.100.7) to lb-me"]
+    goal.moved = True
+    observe([goal], snap)
+    assert step_names(goal, snap) == ["assign lb-http (198.51.100.7) to lb-me"]
+
+
 def test_notify_master_takes_back_what_a_peer_it_outranks_took_during_the_run():
     goal, _ = floating_ip_goal({"lb-top"}, holder=OTHER, reassert=False)
     goal.moved = True
@@ -409,8 +419,9 @@ def test_notify_master_leaves_an_alias_ip_an_outranking_peer_releases_and_claims
     assert step_names(fip_goal, held) == ["assign lb-http (198.51.100.7) to lb-me"]
     assert step_names(alias, held, client) == ["release 10.0.1.1 in lb-private from lb-top"]
     fip_goal.moved = alias.moved = True
+    observe([fip_goal, alias], snapshot(ME, (["10.0.1.1"], [], [])))
     # Done; then lb-top, MASTER too, takes lb-http back and releases the alias
-    # IP from this node (which claimed it meanwhile), to claim it next.
+    # IP from this node, to claim it next.
     released = snapshot(TOP, ([], [], []))
     observe([fip_goal, alias], released)
     assert alias.steps(released, client) == []
