@@ -1267,13 +1267,13 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
         server in ``hcloud:failover:yield_to`` (names or IDs of the peers that
         would win a VRRP election against this node) is then left there and
         reported so, with result True, and so is every address not here while
-        such a peer holds one. In a split brain both nodes are
-        MASTER and re-assert, and would otherwise take the addresses from each
-        other for ever; this way the highest-ranked node keeps them. Without it
-        (the notify_master path) everything is claimed, wherever it is; once
-        such a peer takes back an address this run moved, that peer is MASTER
-        too (the split brain seen from below), and every address not here is
-        left to it (``_OutrankingPeers``).
+        such a peer holds one. In a split brain both nodes are MASTER and
+        re-assert, and would otherwise take the addresses from each other for
+        ever; this way the highest-ranked node keeps them. Without it (the
+        notify_master path) everything is claimed, wherever it is; once such a
+        peer takes back an address this run moved, that peer is MASTER too
+        (the split brain seen from below), and every address not here is left
+        to it (``_OutrankingPeers``).
 
     When ``hcloud:failover:state_file`` names the file where keepalived's
     notify script records this node's VRRP state (the formula's hook does),
