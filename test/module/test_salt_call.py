@@ -525,7 +525,9 @@ def test_failover_retries_a_locked_assign_from_an_outranking_peer_that_died(
     master, _, fip = pair
     failover = {"floating_ips": ["lb-http"], "deadline": 30, "yield_to": ["lb-backup"]}
     failover_node.set_options({**failover_node.options, "failover": failover})
-    cloud.add_fault("/floating_ips/*/actions/assign", count=3, method="POST", status=423)
+    cloud.add_fault(
+        "/floating_ips/*/actions/assign", count=3, method="POST", status=423, code="locked"
+    )
     ret = failover_node.call("hcloud_ip.failover")
     assert ret.returncode == 0, ret.stdout + ret.stderr
     assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["moved"] is True
