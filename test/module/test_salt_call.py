@@ -284,8 +284,8 @@ def test_failover_without_a_list_says_where_to_put_one(node, pair):
 # ---------------------------------------------------------------- re-assert in a split brain
 
 
-def test_a_reassert_leaves_what_an_outranking_peer_holds(node, cloud, pair, private_net):
-    master, backup, fip = pair
+def reassert_outranked_by_the_backup(node, cloud):
+    """Re-assert lb-http and alias 10.0.1.1 on lb-master, which lb-backup outranks."""
     node.set_options(
         {
             **node.options,
@@ -299,6 +299,12 @@ def test_a_reassert_leaves_what_an_outranking_peer_holds(node, cloud, pair, priv
     cloud.clear_requests()
     ret = node.call("hcloud_ip.failover", "reassert=True")
     assert ret.returncode == 0, ret.stdout + ret.stderr
+    return ret
+
+
+def test_a_reassert_leaves_what_an_outranking_peer_holds(node, cloud, pair, private_net):
+    master, backup, fip = pair
+    ret = reassert_outranked_by_the_backup(node, cloud)
     assert ret.data["result"] is True
     left = "held by lb-backup, which outranks this node; left there (re-assert)"
     assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["comment"] == f"{fip['ip']} {left}"
@@ -465,19 +471,7 @@ def test_a_reassert_leaves_an_alias_ip_an_outranking_peer_has_released_to_claim_
     network = client.networks.get_by_id(private_net["id"])
     client.servers.change_alias_ips(Server(id=backup["id"]), network, ["10.0.1.60"])
     cloud.wait_idle()
-    node.set_options(
-        {
-            **node.options,
-            "failover": {
-                "floating_ips": ["lb-http"],
-                "alias_ips": {"lb-private": ["10.0.1.1"]},
-                "yield_to": ["lb-backup"],
-            },
-        }
-    )
-    cloud.clear_requests()
-    ret = node.call("hcloud_ip.failover", "reassert=True")
-    assert ret.returncode == 0, ret.stdout + ret.stderr
+    ret = reassert_outranked_by_the_backup(node, cloud)
     assert ret.data["alias_ips"]["10.0.1.1 in lb-private"]["comment"] == (
         "10.0.1.1 on no server while lb-backup, which outranks this node, takes the addresses; "
         "left for it (re-assert)"
