@@ -933,30 +933,36 @@ def _converge(client, goals, clock, left_master=lambda: None):
     Each round starts from a fresh read, so the verification of one round's
     moves is the next round's read, and a move undone meanwhile (by the other
     node) is noticed; so is one still under way when every goal seems to
-    hold. Transient failures are retried after a jittered backoff; permanent
-    ones end that goal. Before each round ``left_master()`` is asked; a state
-    it returns ends the run, the goals left marked ``stood_down``.
+    hold. The run ends only on a read taken after a check found no such move:
+    one that finished between the read and the check is seen by the next read.
+    Transient failures are retried after a jittered backoff; permanent ones
+    end that goal. Before each round ``left_master()`` is asked; a state it
+    returns ends the run, the goals left marked ``stood_down``.
     Returns ({goal: error}, last snapshot).
     """
     snapshot = _retry("reading floating IPs and servers", lambda: _Snapshot(client), clock)
     failures = _resolve_goals(client, goals, snapshot, clock)
     _observe(goals, failures, snapshot)
     attempt = 0
+    settled = False  # no move was under way elsewhere just before this read
     while True:
         steps = _pending_steps(client, goals, snapshot, failures)
         if not steps:
-            if not _waited_for_moves_in_flight(client, goals, failures, clock):
+            if settled:
                 break
-        elif state := left_master():
-            _stand_down(steps, state, clock)
-            break
-        elif clock.remaining() <= 0:
-            for goal, what, _ in steps:
-                failures.setdefault(goal, f"{what}: not done within {clock.deadline:g}s")
-            break
-        elif _act(client, steps, clock, failures):
-            _backoff(attempt, clock)
-            attempt += 1
+            settled = not _waited_for_moves_in_flight(client, goals, failures, clock)
+        else:
+            settled = False
+            if state := left_master():
+                _stand_down(steps, state, clock)
+                break
+            if clock.remaining() <= 0:
+                for goal, what, _ in steps:
+                    failures.setdefault(goal, f"{what}: not done within {clock.deadline:g}s")
+                break
+            if _act(client, steps, clock, failures):
+                _backoff(attempt, clock)
+                attempt += 1
         try:
             snapshot = _retry(
                 "re-reading floating IPs and servers", lambda: _Snapshot(client), clock
@@ -1257,9 +1263,10 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
     the minion config so no master is needed, or from the arguments.
     Addresses already here are skipped. The moves are requested in parallel,
     their actions awaited, and the result verified by reading the API again;
-    locked resources, rate limits, 5xx, timeouts and dropped connections are
-    retried with jittered backoff until ``deadline`` seconds
-    (hcloud:failover:deadline, default 30).
+    a move of these addresses that another node still has under way is
+    waited out, and what it took is taken back. Locked resources, rate
+    limits, 5xx, timeouts and dropped connections are retried with jittered
+    backoff until ``deadline`` seconds (hcloud:failover:deadline, default 30).
 
     reassert
         True for the hook's re-assert loop, which runs while this node is

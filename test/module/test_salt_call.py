@@ -426,6 +426,42 @@ def test_a_failover_waits_out_a_move_another_node_has_under_way(node, cloud, pai
     assert len(posts) == 1, (posts, ret.stderr)
 
 
+def test_a_failover_reads_again_after_finding_no_move_under_way(node, cloud, pair):
+    # lb-http is on lb-master by the failover's read, and lb-backup's move of
+    # it runs and finishes before the failover asks for moves under way, which
+    # answers "none". The read is stale: "already here" would leave lb-http on
+    # lb-backup. The check is slowed down so that the move fits in between.
+    master, backup, fip = pair
+    node.set_options({**node.options, "failover": {"floating_ips": ["lb-http"], "deadline": 30}})
+    client = cloud.client()
+    lb_http = client.floating_ips.get_by_id(fip["id"])
+    client.floating_ips.assign(lb_http, Server(id=master["id"]))
+    cloud.wait_idle()
+    cloud.add_fault("/floating_ips/actions", method="GET", latency=5.0)
+    cloud.clear_requests()
+    since = cloud.events()["last"]
+
+    def read_by_the_failover():
+        return [r for r in cloud.requests() if r["path"] == "/v1/floating_ips"]
+
+    def move_away_once_read():
+        assert wait_for(read_by_the_failover, 60)
+        client.floating_ips.assign(lb_http, Server(id=backup["id"]))
+        cloud.wait_idle()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        peer = pool.submit(move_away_once_read)
+        ret = node.call("-l", "warning", "hcloud_ip.failover")
+        peer.result(timeout=60)
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    listing = next(r for r in cloud.requests() if r["path"] == "/v1/floating_ips/actions")
+    moves = cloud.events(since=since)["events"]
+    assert [e["new_server_id"] for e in moves] == [backup["id"], master["id"]]
+    assert moves[0]["time"] < listing["time"] + listing["duration"], "moved after the check"
+    assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["moved"] is True
+    assert holder(cloud, fip["id"]) == master["id"]
+
+
 def test_notify_master_leaves_what_an_outranking_peer_takes_back_after_its_move(node, cloud, pair):
     # Split brain seen from below: this node's notify_master moves lb-http
     # here, then lb-backup, which outranks it and is MASTER too, re-asserts and
