@@ -414,7 +414,8 @@ def test_a_failover_waits_out_a_move_another_node_has_under_way(node, cloud, pai
     lb_http = client.floating_ips.get_by_id(fip["id"])
     client.floating_ips.assign(lb_http, Server(id=master["id"]))
     cloud.wait_idle()
-    cloud.configure(action_duration=3.0)
+    # Long enough to be still running when salt-call, started after it, reads.
+    cloud.configure(action_duration=10.0)
     client.floating_ips.assign(lb_http, Server(id=backup["id"]))
     cloud.clear_requests()
     ret = node.call("-l", "warning", "hcloud_ip.failover")
