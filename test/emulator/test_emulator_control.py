@@ -78,6 +78,16 @@ def test_request_log(cloud):
     assert cloud.requests() == []
 
 
+def test_a_request_is_in_the_log_once_answered(cloud):
+    # Tests clear the log right after setting the scene over another connection;
+    # an entry logged after its answer would land in the cleared log.
+    with requests.Session() as other_connection:
+        for _ in range(500):
+            other_connection.get(f"{cloud.api_url}/locations", timeout=5)
+            cloud.clear_requests()
+            assert cloud.requests() == []
+
+
 def test_events_long_poll(cloud):
     server = cloud.create_server("new-holder")
     fip = cloud.create_floating_ip("vip")

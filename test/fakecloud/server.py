@@ -126,8 +126,9 @@ class Handler(BaseHTTPRequestHandler):
                 emulator.record_violation(self.command, path, status, errors)
         headers["X-Correlation-Id"] = correlation_id
         payload = None if body is None else json.dumps(body).encode()
-        self.send(status, payload, "application/json", headers)
+        # Logged before answering: a client that got its answer finds it in the log.
         emulator.log.add({**entry, "status": status, "duration": time.monotonic() - begin})
+        self.send(status, payload, "application/json", headers)
 
     def api_answer(self, path, query, raw, allowed, fault):
         try:
@@ -168,7 +169,6 @@ class Handler(BaseHTTPRequestHandler):
             status = 200
         except ApiError as error:
             status, text = error.status, f"{error.message}\n"
-        self.send(status, text.encode(), "text/plain; charset=utf-8")
         emulator.log.add(
             {
                 "time": time.time(),
@@ -182,6 +182,7 @@ class Handler(BaseHTTPRequestHandler):
                 "duration": time.monotonic() - begin,
             }
         )
+        self.send(status, text.encode(), "text/plain; charset=utf-8")
 
     # ---- control -----------------------------------------------------------------
 
