@@ -302,6 +302,28 @@ def reassert_outranked_by_the_backup(node, cloud):
     return ret
 
 
+@pytest.mark.parametrize("with_alias", [False, True], ids=["floating-ip", "and-alias-ip"])
+def test_the_api_requests_a_reassert_costs_when_everything_is_here(
+    node, cloud, private_net, with_alias
+):
+    # The loop runs every hook:reassert_interval seconds for as long as the
+    # node is MASTER, out of the project's 3600 requests an hour: the README
+    # gives these figures. Its next run is the read after the check for moves.
+    failover = {"floating_ips": ["lb-http"]}
+    expected = ["floating_ips", "floating_ips/actions", "servers", "servers"]
+    if with_alias:
+        failover["alias_ips"] = {"lb-private": ["10.0.1.1"]}
+        expected = sorted([*expected, "networks", "servers/actions"])
+    node.set_options({**node.options, "failover": failover})
+    assert node.call("hcloud_ip.failover").data["result"] is True
+    cloud.clear_requests()
+    ret = node.call("hcloud_ip.failover", "reassert=True")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    api = [r for r in cloud.requests() if r["path"].startswith("/v1/")]
+    assert {r["method"] for r in api} == {"GET"}
+    assert sorted(r["path"].removeprefix("/v1/") for r in api) == expected
+
+
 def test_a_reassert_leaves_what_an_outranking_peer_holds(node, cloud, pair, private_net):
     master, backup, fip = pair
     ret = reassert_outranked_by_the_backup(node, cloud)
