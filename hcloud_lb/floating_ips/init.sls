@@ -1,27 +1,35 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
-# Lets haproxy bind each group's floating IP on the node that does not hold
-# it yet. floating_ip_binding "interface": the addresses on public_interface
+# Lets haproxy bind each group's address on the node that does not hold it
+# yet. floating_ip_binding "interface": the floating IPs on public_interface
 # of both nodes, now and persistently (as Hetzner documents; the cloud routes
-# each address to one node only). "nonlocal": ip_nonlocal_bind instead.
+# each address to one node only). "nonlocal": ip_nonlocal_bind instead. A
+# group bound to an alias IP always needs ip_nonlocal_bind: keepalived puts
+# the alias IP on the private interface of the MASTER only.
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/libvalidate.jinja" import errors, hcloud_lb with context %}
 
 include:
   - {{ tplroot }}.validate
 {%- if not errors %}
-{%-   set addresses = hcloud_lb.groups.values() | map(attribute='address') | list %}
+{%-   set alias_ips = [] %}
+{%-   for spec in hcloud_lb.alias_ips.values() %}
+{%-     do alias_ips.extend(spec.ips) %}
+{%-   endfor %}
+{%-   set bound = hcloud_lb.groups.values() | map(attribute='address') | list %}
+{%-   set addresses = bound | reject('in', alias_ips) | list %}
 {%-   set interface = hcloud_lb.public_interface %}
 {%-   set network = hcloud_lb.lookup.network %}
 {%-   set config = network.config | replace('{interface}', interface) %}
-{%-   if hcloud_lb.floating_ip_binding == 'nonlocal' %}
+{%-   set nonlocal = bound if hcloud_lb.floating_ip_binding == 'nonlocal' else bound | select('in', alias_ips) | list %}
+{%-   if nonlocal %}
 
 haproxy may bind IPv4 addresses this node does not hold:
   sysctl.present:
     - name: net.ipv4.ip_nonlocal_bind
     - value: 1
     - config: /etc/sysctl.d/60-hcloud-lb.conf
-{%-     if addresses | select('match', '.*:') | list %}
+{%-     if nonlocal | select('match', '.*:') | list %}
 
 haproxy may bind IPv6 addresses this node does not hold:
   sysctl.present:
@@ -29,14 +37,15 @@ haproxy may bind IPv6 addresses this node does not hold:
     - value: 1
     - config: /etc/sysctl.d/60-hcloud-lb.conf
 {%-     endif %}
-{%-   else %}
+{%-   endif %}
+{%-   if hcloud_lb.floating_ip_binding == 'interface' and addresses %}
 {%-     for address in addresses %}
 {%-       set cidr = address ~ ('/64' if ':' in address else '/32') %}
 
 {{ address }} is on {{ interface }}:
   cmd.run:
-    - name: ip addr replace {{ cidr }} dev {{ interface }}
-    - unless: ip -o addr show dev {{ interface }} | grep -qF ' {{ cidr }} '
+    - name: ip addr replace {{ cidr | quote }} dev {{ interface | quote }}
+    - unless: ip -o addr show dev {{ interface | quote }} | grep -qF {{ (' ' ~ cidr ~ ' ') | quote }}
 {%-     endfor %}
 {%-     if network.style == 'wicked' %}
 

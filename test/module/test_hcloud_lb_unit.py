@@ -17,7 +17,7 @@ import yaml
 from salt.exceptions import CommandExecutionError
 
 from _modules import hcloud_lb
-from helpers import REPO
+from helpers import REPO, SALT_CALL
 
 
 def load_yaml(path):
@@ -34,9 +34,14 @@ def merge(dest, src):
 
 
 def merged_example():
-    """pillar.example over defaults.yaml, as map.jinja merges them."""
+    """
+    pillar.example over defaults.yaml, with Debian's lookup values (salt-call
+    where this machine has it), as map.jinja merges them.
+    """
     settings = load_yaml("hcloud_lb/defaults.yaml")["hcloud_lb"]
     merge(settings, load_yaml("pillar.example")["hcloud_lb"])
+    settings["lookup"] = load_yaml("hcloud_lb/osfamilymap.yaml")["Debian"]
+    settings["lookup"]["salt_call"] = str(SALT_CALL)
     return settings
 
 
@@ -66,6 +71,7 @@ def configure_loader_modules(options, node_salt):
                 **node_salt,
             },
             "__grains__": {"id": "lb-master"},
+            "__context__": {},
         }
     }
 
@@ -99,21 +105,30 @@ def test_missing_token(settings, options):
             "hcloud_lb:vrrp:password: longer than 8 characters",
         ),
         ({"vrrp": {"password": ""}}, "hcloud_lb:vrrp:password: not set"),
-        ({"vrrp": {"virtual_router_id": 0}}, "hcloud_lb:vrrp:virtual_router_id: 0 is not within"),
+        (
+            {"vrrp": {"virtual_router_id": 0}},
+            "hcloud_lb:vrrp:virtual_router_id: 0 is not a whole number (1-255)",
+        ),
         (
             {"vrrp": {"virtual_router_id": 256}},
-            "hcloud_lb:vrrp:virtual_router_id: 256 is not within 1-255",
+            "hcloud_lb:vrrp:virtual_router_id: 256 is not a whole number (1-255)",
         ),
         ({"vrrp": {"profile": "turbo"}}, "hcloud_lb:vrrp:profile: 'turbo' is not one of"),
         (
             {"vrrp": {"preempt": False, "check": {"weight": -50}}},
             "hcloud_lb:vrrp:check:weight: -50 only changes the priority",
         ),
-        ({"vrrp": {"check": {"weight": 300}}}, "hcloud_lb:vrrp:check:weight: 300 is not within"),
-        ({"vrrp": {"check": {"fall": 0}}}, "hcloud_lb:vrrp:check:fall: 0 is not within 1-100"),
+        (
+            {"vrrp": {"check": {"weight": 300}}},
+            "hcloud_lb:vrrp:check:weight: 300 is not a whole number (-253-253)",
+        ),
+        (
+            {"vrrp": {"check": {"fall": 0}}},
+            "hcloud_lb:vrrp:check:fall: 0 is not a whole number (1-100)",
+        ),
         (
             {"vrrp": {"check": {"interval": 0.5}}},
-            "hcloud_lb:vrrp:check:interval: 0.5 is not whole seconds 1-3600",
+            "hcloud_lb:vrrp:check:interval: 0.5 is not whole seconds (1-3600)",
         ),
         (
             {"vrrp": {"check": {"probe_interval": 2}}},
@@ -133,7 +148,7 @@ def test_missing_token(settings, options):
         ),
         (
             {"nodes": {"lb-master": {"priority": 255}}},
-            "hcloud_lb:nodes:lb-master:priority: 255 is not within 1-254",
+            "hcloud_lb:nodes:lb-master:priority: 255 is not a whole number (1-254)",
         ),
         (
             {"groups": {"http": {"address": "203.0.113.999"}}},
@@ -239,6 +254,7 @@ def test_node_values_for_this_minion(settings):
         "address": "10.0.0.2",
         "peers": ["10.0.0.3"],
         "state": "MASTER",
+        "check_weight": 0,
         "outranked_by": [],
     }
 
@@ -266,7 +282,7 @@ def test_a_node_is_outranked_by_a_peer_that_would_win_the_vrrp_election(
 
 
 def test_a_missing_salt_call_is_named(settings):
-    settings["lookup"] = {"salt_call": "/nonexistent/salt-call"}
+    settings["lookup"]["salt_call"] = "/nonexistent/salt-call"
     assert problems(settings) == [
         "hcloud_lb:lookup:salt_call: /nonexistent/salt-call is not an executable salt-call; "
         "the failover hook needs Salt on the node (install it, or point this at its salt-call)"
@@ -276,7 +292,7 @@ def test_a_missing_salt_call_is_named(settings):
 @pytest.mark.parametrize("key", ["run_dir", "hook_config_dir", "hook_cache_dir"])
 @pytest.mark.parametrize("path", ["run/hcloud_lb", "/run/hcloud lb", "/run/$(id)"])
 def test_a_hook_directory_must_be_a_plain_absolute_path(settings, key, path):
-    settings["lookup"] = {key: path}
+    settings["lookup"][key] = path
     assert problems(settings) == [
         f"hcloud_lb:lookup:{key}: {path!r} is not an absolute path of letters, digits and _.+-/"
     ]
@@ -319,7 +335,7 @@ def test_the_salt_call_check_asks_the_node(settings, monkeypatch):
         return 0  # the target has it, though this host does not
 
     monkeypatch.setitem(hcloud_lb.__salt__, "cmd.retcode", target_retcode)
-    settings["lookup"] = {"salt_call": "/opt/target-only/salt-call"}
+    settings["lookup"]["salt_call"] = "/opt/target-only/salt-call"
     assert problems(settings) == []
     assert asked == [
         (

@@ -14,6 +14,7 @@ include:
 {%-   set scripts_dir = hcloud_lb.lookup.keepalived.scripts_dir %}
 {%-   set check = hcloud_lb.vrrp.check %}
 {%-   set check_context = {'monitor': hcloud_lb.haproxy.monitor,
+                             'processes': check.processes,
                              'timeout': check.timeout,
                              'probe_interval': check.probe_interval,
                              'window': [check.interval - check.probe_interval, 0] | max} %}
