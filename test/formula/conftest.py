@@ -197,7 +197,7 @@ def lab_pillar(cloud, **overrides):
             },
             "max_connections": 2000,  # this VM's hard file limit is 20000
             "public_interface": "eth0",
-            "vrrp": {"interface": "ens10", "virtual_router_id": 51, "password": "s3cret!x"},
+            "vrrp": {"interface": "ens10", "virtual_router_id": 51, "password": "s3cret-x"},
             "nodes": {
                 "lb-master": {"priority": 200, "address": "10.231.0.2"},
                 "lb-backup": {"priority": 100, "address": "10.231.0.3"},

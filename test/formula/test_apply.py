@@ -115,12 +115,12 @@ def test_secrets_stay_in_root_only_files(deployed, fakecloud_process):
     conf = KEEPALIVED_CONF.stat()
     assert (conf.st_uid, stat.S_IMODE(conf.st_mode)) == (0, 0o600)
     text = KEEPALIVED_CONF.read_text()
-    assert "auth_pass s3cret!x" in text
+    assert "auth_pass s3cret-x" in text
     assert "enable_script_security" in text
     assert token not in text
     for script in SCRIPTS.iterdir():
         assert token not in script.read_text()
-        assert "s3cret!x" not in script.read_text()
+        assert "s3cret-x" not in script.read_text()
         st = script.stat()
         assert st.st_uid == 0
         assert not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
@@ -138,7 +138,7 @@ def test_secrets_stay_in_root_only_files(deployed, fakecloud_process):
             except OSError:
                 continue
             assert token.encode() not in cmdline
-            assert b"s3cret!x" not in cmdline
+            assert b"s3cret-x" not in cmdline
 
 
 def test_second_apply_and_test_mode_change_nothing(deployed):
@@ -270,7 +270,7 @@ BAD_PILLARS = {
         {
             "interface": "ens10",
             "virtual_router_id": 51,
-            "password": "s3cret!x",
+            "password": "s3cret-x",
             "preempt": False,
             "check": {"weight": -50},
         },

@@ -93,7 +93,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="applies the formula: 
 LB_MINION_ID = "lb-ways-minion"
 LB_SSH_ID = "lb-ways-ssh"
 NSBRIDGE = Path(__file__).with_name("nsbridge.py")
-VRRP_PASSWORD = "s3cret!x"  # lab_pillar's
+VRRP_PASSWORD = "s3cret-x"  # lab_pillar's
 # The first apply installs nothing here (tools/bootstrap did) but starts both
 # daemons; salt-ssh renders through the sshd. Generous, but a hang must fail.
 APPLY_TIMEOUT = 300
