@@ -37,8 +37,10 @@ import concurrent.futures
 import hashlib
 import ipaddress
 import logging
+import math
 import queue
 import random
+import re
 import threading
 import time
 
@@ -65,6 +67,11 @@ DEFAULT_API_ENDPOINT = "https://api.hetzner.cloud/v1"
 DEFAULT_METADATA_ENDPOINT = "http://169.254.169.254/hetzner/v1/metadata"
 DEFAULT_REQUEST_TIMEOUT = 5.0
 DEFAULT_DEADLINE = 30.0
+# No deadline or timeout may exceed a day: no failover needs longer, and
+# sockets refuse timeouts of about 300 years and more.
+MAX_SECONDS = 86400.0
+# What a person types as seconds: ASCII digits with an optional fraction.
+SECONDS_PATTERN = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 # The metadata service answers in milliseconds on Hetzner; off Hetzner the
 # address may black-hole, so give up quickly and fall back to the minion id.
 METADATA_TIMEOUT = 1.0
@@ -120,7 +127,14 @@ def _option(key, default=None):
 
 def _failover_option(key, default=None):
     """One entry of hcloud:failover, the block the failover reads as a whole."""
-    return (_option("failover", {}) or {}).get(key, default)
+    block = _option("failover", {})
+    if not isinstance(block, dict):
+        raise CommandExecutionError(
+            f"hcloud:failover must be a mapping (floating_ips:, alias_ips:, deadline: ...), "
+            f"got {_shown(block)}"
+        )
+    value = block.get(key)
+    return default if value in (None, "") else value
 
 
 def _token():
@@ -134,16 +148,39 @@ def _token():
 
 
 def _request_timeout():
-    return _positive_float(_option("request_timeout", DEFAULT_REQUEST_TIMEOUT), "request_timeout")
+    return _seconds(_option("request_timeout", DEFAULT_REQUEST_TIMEOUT), "hcloud:request_timeout")
 
 
-def _positive_float(value, name):
-    try:
+def _shown(value):
+    """A value for an error message: one line, and not too long."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _seconds(value, name):
+    """
+    A number of seconds greater than 0 and at most MAX_SECONDS, from a
+    number or a plain decimal string.
+
+    Refused, with a one-line error naming ``name``: inf (a deadline that never
+    comes) and nan (every comparison with it is false, so it never comes
+    either), bools (True is 1 to Python), and strings float() would take but a
+    person typing seconds does not mean (" 30", "2_000", "1e3", Arabic-Indic
+    digits). salt-call and YAML already hand over ``deadline=30`` as a number.
+    """
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int too big for a float
+            number = None
+    elif isinstance(value, str) and SECONDS_PATTERN.fullmatch(value):
         number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if number <= 0:
-        raise SaltInvocationError(f"{name} must be a positive number of seconds, got {value!r}")
+    if number is None or not (math.isfinite(number) and 0 < number <= MAX_SECONDS):
+        raise CommandExecutionError(
+            f"{name} must be a number of seconds greater than 0 and at most {MAX_SECONDS:g}, "
+            f"got {_shown(value)}"
+        )
     return number
 
 
@@ -1130,8 +1167,10 @@ def _left_there(yielded, peers, snapshot):
 
 def _clock(deadline):
     if deadline is None:
-        deadline = _failover_option("deadline", DEFAULT_DEADLINE)
-    return _Clock(_positive_float(deadline, "deadline"))
+        return _Clock(
+            _seconds(_failover_option("deadline", DEFAULT_DEADLINE), "hcloud:failover:deadline")
+        )
+    return _Clock(_seconds(deadline, "deadline"))
 
 
 # --------------------------------------------------------------------------

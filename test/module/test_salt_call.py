@@ -657,6 +657,106 @@ def test_a_missing_token_names_the_option(salt_node_factory, cloud):
     assert_one_line_error(node.call("hcloud_ip.list"), "hcloud:token is not set")
 
 
+# ---------------------------------------------------------------- refused input
+
+
+def assert_refused(ret, function, message):
+    """
+    A refused argument or option, as a user sees it: exit code 1 and one line
+    naming the function and what is wrong; no usage text, no traceback.
+    """
+    lines = [line for line in (ret.stdout + ret.stderr).splitlines() if line.strip()]
+    assert ret.returncode == 1, lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"Error running 'hcloud_ip.{function}': "), lines
+    assert message in lines[0], lines
+
+
+# How salt-call hands each over: deadline=abc is the string, deadline=.inf the
+# float inf, deadline=True the bool; "inf", "2_000" and "1e3" stay strings.
+BAD_SECONDS = [
+    "abc",
+    "inf",
+    ".inf",
+    "nan",
+    ".nan",
+    "-.inf",
+    "0",
+    "-5",
+    "True",
+    "2_000",
+    "٣٠",
+    "1e3",
+]
+
+
+def assert_refused_before_any_request(cloud, fip, backup):
+    assert [r for r in cloud.requests() if r["path"].startswith("/v1/")] == []
+    assert holder(cloud, fip["id"]) == backup["id"]
+
+
+@pytest.mark.parametrize("value", BAD_SECONDS)
+def test_a_failover_deadline_that_is_no_plain_positive_number_is_refused_in_one_line(
+    failover_node, cloud, pair, value
+):
+    _, backup, fip = pair
+    cloud.clear_requests()
+    ret = failover_node.call("hcloud_ip.failover", f"deadline={value}")
+    assert_refused(ret, "failover", "deadline must be a number of seconds greater than 0")
+    assert_refused_before_any_request(cloud, fip, backup)
+
+
+@pytest.mark.parametrize(
+    "call", [["assign", "lb-http"], ["unassign", "lb-http"], ["alias_ips", "lb-private"]]
+)
+def test_every_deadline_argument_is_checked_alike(failover_node, cloud, pair, call):
+    _, backup, fip = pair
+    cloud.clear_requests()
+    ret = failover_node.call(f"hcloud_ip.{call[0]}", *call[1:], "deadline=inf")
+    assert_refused(ret, call[0], "deadline must be a number of seconds greater than 0")
+    assert_refused_before_any_request(cloud, fip, backup)
+
+
+# YAML in the minion config: floats inf and nan, strings, a bool, numbers <= 0.
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("failover:deadline", float("inf")),
+        ("failover:deadline", float("nan")),
+        ("failover:deadline", " 30"),
+        ("failover:deadline", "٣٠"),
+        ("failover:deadline", True),
+        ("failover:deadline", 0),
+        ("request_timeout", float("inf")),
+        ("request_timeout", "nan"),
+        ("request_timeout", "5s"),
+        ("request_timeout", -1),
+    ],
+    ids=repr,
+)
+def test_a_deadline_or_timeout_option_that_is_no_plain_positive_number_is_refused_in_one_line(
+    failover_node, cloud, pair, option, value
+):
+    _, backup, fip = pair
+    options = {**failover_node.options, "failover": {"floating_ips": ["lb-http"]}}
+    if option == "request_timeout":
+        options["request_timeout"] = value
+    else:
+        options["failover"]["deadline"] = value
+    failover_node.set_options(options)
+    cloud.clear_requests()
+    ret = failover_node.call("hcloud_ip.failover")
+    assert_refused(ret, "failover", f"hcloud:{option} must be a number of seconds greater than 0")
+    assert_refused_before_any_request(cloud, fip, backup)
+
+
+def test_a_deadline_of_a_plain_decimal_string_is_taken(failover_node, cloud, pair):
+    master, _, fip = pair
+    ret = failover_node.call("hcloud_ip.failover", "deadline='12.5'")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert holder(cloud, fip["id"]) == master["id"]
+
+
 # ---------------------------------------------------------------- secrets
 
 

@@ -195,10 +195,72 @@ def test_the_library_does_not_retry_behind_our_deadline():
     assert client._client._retry_max_retries == 0
 
 
-@pytest.mark.parametrize("value", [0, -1, "soon", None])
-def test_a_bad_deadline_is_refused(value):
-    with pytest.raises(SaltInvocationError, match="deadline must be a positive number"):
-        hcloud_ip._Clock(hcloud_ip._positive_float(value, "deadline"))
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        -1,
+        0.0,
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        10**400,  # too big for a float
+        86400.5,
+        True,
+        False,
+        None,
+        [30],
+        "",
+        "soon",
+        "inf",
+        "nan",
+        "Infinity",
+        " 30",
+        "30 ",
+        "30\n",
+        "+30",
+        "-1",
+        "2_000",
+        "1e3",
+        "0x1f",
+        "٣٠",  # Arabic-Indic digits, which float() reads as 30
+        "\uff13\uff10",  # fullwidth digits, likewise
+        "30s",
+        "0",
+        "0.0",
+    ],
+    ids=repr,
+)
+def test_a_bad_number_of_seconds_is_refused_in_one_line(value):
+    with pytest.raises(CommandExecutionError) as refused:
+        hcloud_ip._seconds(value, "deadline")
+    message = str(refused.value)
+    assert message.startswith("deadline must be a number of seconds greater than 0 and at most")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(30, 30.0), (0.5, 0.5), ("30", 30.0), ("2.5", 2.5), (".5", 0.5), ("3.", 3.0), (86400, 86400)],
+)
+def test_a_plain_positive_number_of_seconds_is_taken(value, seconds):
+    assert hcloud_ip._seconds(value, "deadline") == seconds
+
+
+@pytest.mark.parametrize("value", [float("inf"), "nan", True, 0])
+def test_the_configured_deadline_and_timeout_are_checked_and_named(options, value):
+    options["failover"] = {"deadline": value}
+    with pytest.raises(CommandExecutionError, match=r"^hcloud:failover:deadline must be"):
+        hcloud_ip._clock(None)
+    options["request_timeout"] = value
+    with pytest.raises(CommandExecutionError, match=r"^hcloud:request_timeout must be"):
+        hcloud_ip._client()
+
+
+def test_an_unset_deadline_and_timeout_take_their_defaults(options):
+    options["failover"] = {"deadline": None}
+    assert hcloud_ip._clock(None).deadline == hcloud_ip.DEFAULT_DEADLINE
+    assert hcloud_ip._request_timeout() == hcloud_ip.DEFAULT_REQUEST_TIMEOUT
 
 
 def test_failover_refuses_alias_ips_that_are_not_a_mapping(options):
