@@ -359,9 +359,13 @@ class _Errors(list):
         return self.text(key, value, SAFE_PATH, "an absolute path of letters, digits and _.+-/")
 
     def interface(self, key, value):
-        return self.text(
+        """An interface name that the node has: keepalived -t refuses a missing one."""
+        name = self.text(
             key, value, INTERFACE, "an interface name (1-15 letters, digits, '.', '_', '-')"
         )
+        if name and not _interface_on_the_node(name):
+            self.add(key, f"{name} is not an interface of this node")
+        return name
 
 
 def _shown(value):
@@ -496,7 +500,13 @@ def _check_general(errors, settings):
     )
     errors.integer("max_connections", settings.get("max_connections"), 1, MAX_CONNECTIONS)
     errors.choice("floating_ip_binding", settings.get("floating_ip_binding"), BINDINGS)
-    errors.interface("public_interface", settings.get("public_interface"))
+    # Only the interface binding puts addresses on it.
+    if settings.get("floating_ip_binding") == "interface":
+        errors.interface("public_interface", settings.get("public_interface"))
+    else:
+        errors.text(
+            "public_interface", settings.get("public_interface"), INTERFACE, "an interface name"
+        )
 
 
 def _check_vrrp(errors, vrrp):
@@ -892,6 +902,14 @@ def _executable_on_the_node(path):
     on the node (under salt-ssh, on the target, with only the path as argument).
     """
     retcode = __salt__["cmd.retcode"](["test", "-x", path], python_shell=False, ignore_retcode=True)
+    return retcode == 0
+
+
+def _interface_on_the_node(name):
+    """Whether the node has the network interface: its entry in /sys, asked as above."""
+    retcode = __salt__["cmd.retcode"](
+        ["test", "-e", f"/sys/class/net/{name}"], python_shell=False, ignore_retcode=True
+    )
     return retcode == 0
 
 

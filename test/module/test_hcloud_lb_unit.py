@@ -50,9 +50,16 @@ def options():
     return {"hcloud:token": "a-token"}
 
 
+# The interfaces pillar.example names, as a load balancer node has them.
+NODE_INTERFACES = {"eth0", "ens10"}
+
+
 def cmd_retcode(cmd, python_shell=None, ignore_retcode=False):
-    """cmd.retcode, for the argv lists the module passes."""
+    """cmd.retcode, for the argv lists the module passes; this host stands for the node."""
     assert isinstance(cmd, list) and python_shell is False and ignore_retcode is True
+    if cmd[:2] == ["test", "-e"] and cmd[2].startswith("/sys/class/net/"):
+        # This host has no ens10: answer for the node's interfaces.
+        return 0 if cmd[2].removeprefix("/sys/class/net/") in NODE_INTERFACES else 1
     return subprocess.run(cmd, check=False).returncode
 
 
@@ -327,21 +334,32 @@ def test_script_security_of_a_missing_or_relative_path(tmp_path):
 # node's files must come from __salt__ (the target), never from the local filesystem.
 
 
-def test_the_salt_call_check_asks_the_node(settings, monkeypatch):
+def test_the_node_checks_ask_the_node(settings, monkeypatch):
+    """salt_call and the interfaces are looked up on the node, with nothing but the name."""
     asked = []
 
     def target_retcode(cmd, **kwargs):
         asked.append((cmd, kwargs))
-        return 0  # the target has it, though this host does not
+        return 0  # the target has them, though this host does not
 
     monkeypatch.setitem(hcloud_lb.__salt__, "cmd.retcode", target_retcode)
     settings["lookup"]["salt_call"] = "/opt/target-only/salt-call"
     assert problems(settings) == []
-    assert asked == [
-        (
-            ["test", "-x", "/opt/target-only/salt-call"],
-            {"python_shell": False, "ignore_retcode": True},
-        )
+    options = {"python_shell": False, "ignore_retcode": True}
+    assert sorted(asked) == sorted(
+        [
+            (["test", "-x", "/opt/target-only/salt-call"], options),
+            (["test", "-e", "/sys/class/net/eth0"], options),  # public_interface
+            (["test", "-e", "/sys/class/net/ens10"], options),  # vrrp:interface
+            (["test", "-e", "/sys/class/net/ens10"], options),  # alias_ips:lb-private
+        ]
+    )
+
+
+def test_an_interface_the_node_lacks_is_named(settings):
+    settings["vrrp"]["interface"] = "ens11"
+    assert problems(settings) == [
+        "hcloud_lb:vrrp:interface: ens11 is not an interface of this node"
     ]
 
 
