@@ -55,9 +55,9 @@ def lows(ret):
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
-def test_each_os_renders_its_packages_paths_services_and_network_file(tmp_path, platform):
+def test_each_os_renders_its_packages_paths_services_and_network_file(tmp_path, netns, platform):
     grains, network_file, style = PLATFORMS[platform]
-    node = FormulaNode(tmp_path, grains=grains)
+    node = FormulaNode(tmp_path, netns=netns, grains=grains)
     node.set_pillar(example_pillar())
     data = lows(node.salt_call("state.show_sls", "hcloud_lb"))
     assert "hcloud_lb pillar is invalid, nothing was changed" not in data
@@ -79,18 +79,18 @@ def test_each_os_renders_its_packages_paths_services_and_network_file(tmp_path, 
     assert "203.0.113.10 is on eth0" in data
 
 
-def test_nonlocal_binding_sets_ip_nonlocal_bind_instead(tmp_path):
+def test_nonlocal_binding_sets_ip_nonlocal_bind_instead(tmp_path, netns):
     pillar = example_pillar()
     pillar["hcloud_lb"]["floating_ip_binding"] = "nonlocal"
-    node = FormulaNode(tmp_path)
+    node = FormulaNode(tmp_path, netns=netns)
     node.set_pillar(pillar)
     data = lows(node.salt_call("state.show_sls", "hcloud_lb"))
     assert "haproxy may bind IPv4 addresses this node does not hold" in data
     assert not [sid for sid in data if sid.endswith(" is on eth0")]
 
 
-def test_pillar_example_validates_and_its_haproxy_config_passes_haproxy_check(tmp_path):
-    node = FormulaNode(tmp_path)
+def test_pillar_example_validates_and_its_haproxy_config_passes_haproxy_check(tmp_path, netns):
+    node = FormulaNode(tmp_path, netns=netns)
     pillar = example_pillar()
     node.set_pillar(pillar)
     assert "hcloud_lb pillar is invalid" not in node.apply("hcloud_lb.validate").stdout
@@ -106,8 +106,8 @@ def test_pillar_example_validates_and_its_haproxy_config_passes_haproxy_check(tm
     assert "http-request use-service prometheus-exporter if { path /metrics }" in text
 
 
-def test_the_clean_state_undoes_in_reverse(tmp_path):
-    node = FormulaNode(tmp_path)
+def test_the_clean_state_undoes_in_reverse(tmp_path, netns):
+    node = FormulaNode(tmp_path, netns=netns)
     node.set_pillar(example_pillar())
     data = lows(node.salt_call("state.show_sls", "hcloud_lb.clean"))
     order = sorted(data, key=lambda sid: data[sid].get("order", 0))
@@ -129,11 +129,13 @@ def render(node, template, *context):
     [((254, 250), []), ((250, 254), ["lb-backup"])],
     ids=["top-node", "outranked-node"],
 )
-def test_the_hook_config_names_the_peers_a_reassert_yields_to(tmp_path, priorities, yield_to):
+def test_the_hook_config_names_the_peers_a_reassert_yields_to(
+    tmp_path, netns, priorities, yield_to
+):
     pillar = example_pillar()
     nodes = pillar["hcloud_lb"]["nodes"]
     nodes["lb-master"]["priority"], nodes["lb-backup"]["priority"] = priorities
-    node = FormulaNode(tmp_path)
+    node = FormulaNode(tmp_path, netns=netns)
     node.set_pillar(pillar)
     config = render(node, "hook/files/minion.jinja", "tpldir=hcloud_lb/hook")
     assert config["hcloud"]["failover"]["yield_to"] == yield_to
@@ -147,7 +149,7 @@ def test_the_fast_profile_is_vrrpv3_with_tenth_second_adverts_keepalived_accepts
     pillar["hcloud_lb"]["vrrp"]["profile"] = "fast"
     if not alias_ips:
         pillar["hcloud_lb"]["alias_ips"] = {}
-    node = FormulaNode(tmp_path)
+    node = FormulaNode(tmp_path, netns=netns)
     node.set_pillar(pillar)
     conf = render(
         node,
@@ -175,19 +177,19 @@ def test_the_fast_profile_is_vrrpv3_with_tenth_second_adverts_keepalived_accepts
     ids=["default", "lookup"],
 )
 def test_the_hook_config_stops_a_failover_when_keepalived_leaves_master(
-    tmp_path, lookup, state_file
+    tmp_path, netns, lookup, state_file
 ):
     pillar = example_pillar()
     pillar["hcloud_lb"]["lookup"].update(lookup)
-    node = FormulaNode(tmp_path)
+    node = FormulaNode(tmp_path, netns=netns)
     node.set_pillar(pillar)
     config = render(node, "hook/files/minion.jinja", "tpldir=hcloud_lb/hook")
     assert config["hcloud"]["failover"]["state_file"] == state_file
 
 
-def failover_hook(tmp_path):
+def failover_hook(tmp_path, netns):
     """The rendered failover hook, calling a salt-call stub that exits as ``status`` says."""
-    node = FormulaNode(tmp_path)
+    node = FormulaNode(tmp_path, netns=netns)
     node.set_pillar(example_pillar())
     status = tmp_path / "status"
     stub = tmp_path / "salt-call"
@@ -219,18 +221,18 @@ def failover_hook(tmp_path):
     return run
 
 
-def test_only_the_reassert_loop_asks_the_failover_to_yield(tmp_path):
-    hook = failover_hook(tmp_path)
+def test_only_the_reassert_loop_asks_the_failover_to_yield(tmp_path, netns):
+    hook = failover_hook(tmp_path, netns)
     assert hook().endswith(" hcloud_ip.failover")
     assert hook("reassert").endswith(" hcloud_ip.failover reassert=True")
     assert hook("test").endswith(" hcloud_ip.failover")
 
 
-def test_the_reassert_loop_claims_all_until_a_claim_has_succeeded(tmp_path):
+def test_the_reassert_loop_claims_all_until_a_claim_has_succeeded(tmp_path, netns):
     # notify_master failed (the API was down past its deadline): the peer that
     # outranks this node and holds the addresses may be the master that died,
     # so the loop must not leave them to it.
-    hook = failover_hook(tmp_path)
+    hook = failover_hook(tmp_path, netns)
     assert hook(status_code=1).endswith(" hcloud_ip.failover")
     assert hook("reassert", status_code=1).endswith(" hcloud_ip.failover")
     assert hook("reassert").endswith(" hcloud_ip.failover")
