@@ -34,7 +34,9 @@ floating IP any address in its /64). A server or network by its name or ID.
 
 import collections
 import concurrent.futures
+import functools
 import hashlib
+import inspect
 import ipaddress
 import logging
 import math
@@ -44,7 +46,7 @@ import re
 import threading
 import time
 
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.exceptions import CommandExecutionError
 
 try:
     import hcloud
@@ -184,6 +186,122 @@ def _seconds(value, name):
     return number
 
 
+def _string_option(key, default=None):
+    """An option that must be a string (an URL, a path), if set."""
+    value = _option(key, default)
+    if value is not None and not isinstance(value, str):
+        raise CommandExecutionError(f"hcloud:{key} must be a string, got {_shown(value)}")
+    return value
+
+
+# --------------------------------------------------------------------------
+# Arguments
+#
+# salt-call answers a TypeError (SaltInvocationError is one) with "Passed
+# invalid arguments" and the function's whole docstring. A wrong argument is
+# an expected failure like a wrong token: one CommandExecutionError line
+# ("Error running 'hcloud_ip.assign': deadline must be ..."), which states
+# show as their comment.
+# --------------------------------------------------------------------------
+
+
+def _arguments_checked(func):
+    """Report a missing or surplus argument of a public function in one line."""
+    signature = inspect.signature(func)
+    name = f"{__virtualname__}.{__func_alias__.get(func.__name__, func.__name__)}"
+
+    @functools.wraps(func)  # Salt reads the argument list through __wrapped__
+    def checked(*args, **kwargs):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise CommandExecutionError(
+                f"{exc} (salt-call sys.doc {name} lists the arguments)"
+            ) from None
+        return func(*args, **kwargs)
+
+    return checked
+
+
+A_FLOATING_IP = "the name, ID or address of a floating IP"
+A_SERVER = "the name or ID of a server"
+A_NETWORK = "the name or ID of a private network"
+
+
+def _ref(value, name, what, required=True):
+    """
+    A name, ID or address given as argument ``name``, as a stripped string;
+    None for an optional one not given (or blank).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # salt-call reads an ID as a number
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if value is None or isinstance(value, str):
+        if required:
+            raise CommandExecutionError(f"{name} is required: {what}")
+        return None
+    raise CommandExecutionError(f"{name} must be {what}, got {_shown(value)}")
+
+
+def _text(value, name):
+    """Free text such as a description: a string, or None for not given."""
+    if value is None or isinstance(value, str):
+        return value
+    raise CommandExecutionError(f"{name} must be a string, got {_shown(value)}")
+
+
+def _flag(value, name):
+    if isinstance(value, bool):
+        return value
+    raise CommandExecutionError(f"{name} must be True or False, got {_shown(value)}")
+
+
+def _labels(value):
+    if value is None or isinstance(value, dict):
+        return value
+    raise CommandExecutionError(
+        f"labels must be a mapping of label names to values, got {_shown(value)}"
+    )
+
+
+def _split(values, name):
+    """
+    Names, IDs or addresses from a list, or a comma-separated string from the
+    command line (a lone number is an ID).
+    """
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = values.split(",")
+    elif isinstance(values, int) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or not all(
+        isinstance(value, (str, int)) and not isinstance(value, bool) for value in values
+    ):
+        raise CommandExecutionError(
+            f"{name} must be a list (or a comma-separated string) of names, IDs or addresses, "
+            f"got {_shown(values)}"
+        )
+    return [str(value).strip() for value in values if str(value).strip()]
+
+
+def _alias_map(value, name):
+    """{network name or ID: [alias IPs]} from a mapping."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CommandExecutionError(
+            f"{name} must map a network name or ID to a list of IPs, got {_shown(value)}"
+        )
+    return {
+        _ref(network, f"a network in {name}", "a network name or ID"): _split(
+            ips, f"{name}:{network}"
+        )
+        for network, ips in value.items()
+    }
+
+
 class _ApiTrace(threading.local):
     """The correlation id of the last API response on this thread."""
 
@@ -245,7 +363,7 @@ def _instrument(client):
 def _client():
     """The hcloud client for the configured endpoint and token, cached in __context__."""
     token = _token()
-    endpoint = _option("api_endpoint", DEFAULT_API_ENDPOINT)
+    endpoint = _string_option("api_endpoint", DEFAULT_API_ENDPOINT)
     timeout = _request_timeout()
     # The cache key proves the token is the same without keeping it in clear.
     fingerprint = hashlib.sha256(f"{endpoint}\0{token}\0{timeout}".encode()).hexdigest()
@@ -376,7 +494,7 @@ def _find_floating_ip(floating_ips, ref):
 
 
 def _metadata_instance_id():
-    endpoint = _option("metadata_endpoint", DEFAULT_METADATA_ENDPOINT).rstrip("/")
+    endpoint = _string_option("metadata_endpoint", DEFAULT_METADATA_ENDPOINT).rstrip("/")
     try:
         response = requests.get(f"{endpoint}/instance-id", timeout=METADATA_TIMEOUT)
         response.raise_for_status()
@@ -429,15 +547,6 @@ def _target_server(client, server, clock=None):
     )
 
 
-def _split(values):
-    """Accept a list or a comma-separated string from the command line."""
-    if values is None:
-        return []
-    if isinstance(values, str):
-        values = values.split(",")
-    return [str(value).strip() for value in values if str(value).strip()]
-
-
 # --------------------------------------------------------------------------
 # Describing
 # --------------------------------------------------------------------------
@@ -480,6 +589,7 @@ def _describe_server(server):
     }
 
 
+@_arguments_checked
 def whoami():
     """
     Tell which Hetzner Cloud server this node is, and how that was found:
@@ -496,6 +606,7 @@ def whoami():
     return {**_describe_server(server), "found_by": source}
 
 
+@_arguments_checked
 def server_info(server=None):
     """
     Describe a server by name or ID (default: this node's): ID, name, public
@@ -507,9 +618,11 @@ def server_info(server=None):
 
         salt-call hcloud_ip.server_info lb-backup
     """
+    server = _ref(server, "server", A_SERVER, required=False)
     return _describe_server(_target_server(_client(), server))
 
 
+@_arguments_checked
 def list_():
     """
     List the project's floating IPs with their current server.
@@ -526,6 +639,7 @@ def list_():
     return {fip.name: _describe_floating_ip(fip, names) for fip in fips}
 
 
+@_arguments_checked
 def describe(ip):
     """
     Describe one floating IP, named by its name, ID or address.
@@ -537,6 +651,7 @@ def describe(ip):
         salt-call hcloud_ip.describe lb-http
         salt-call hcloud_ip.describe 2001:db8:1::1
     """
+    ip = _ref(ip, "ip", A_FLOATING_IP)
     client = _client()
     fips = _retry("listing floating IPs", client.floating_ips.get_all)
     fip = _find_floating_ip(fips, ip)
@@ -544,6 +659,7 @@ def describe(ip):
     return _describe_floating_ip(fip, names)
 
 
+@_arguments_checked
 def network_aliases(network):
     """
     Show the alias IPs of every server attached to a private network.
@@ -554,6 +670,7 @@ def network_aliases(network):
 
         salt-call hcloud_ip.network_aliases lb-private
     """
+    network = _ref(network, "network", A_NETWORK)
     client = _client()
     net = _retry(
         "looking up the network", lambda: _by_name_or_id(client.networks, network, "network")
@@ -567,6 +684,7 @@ def network_aliases(network):
     }
 
 
+@_arguments_checked
 def create(name, type="ipv4", home_location=None, description=None, labels=None):
     """
     Create a floating IP, like ``hcloud floating-ip create``.
@@ -586,12 +704,16 @@ def create(name, type="ipv4", home_location=None, description=None, labels=None)
 
         salt-call hcloud_ip.create lb-http home_location=nbg1 labels='{lb: main}'
     """
+    name = _ref(name, "name", "the name of the new floating IP")
     if type not in ("ipv4", "ipv6"):
-        raise SaltInvocationError(f"type must be ipv4 or ipv6, got {type!r}")
-    if not home_location:
-        raise SaltInvocationError(f"home_location is required to create floating IP {name!r}")
-    if labels is not None and not isinstance(labels, dict):
-        raise SaltInvocationError("labels must be a mapping of label names to values")
+        raise CommandExecutionError(f"type must be ipv4 or ipv6, got {_shown(type)}")
+    home_location = _ref(
+        home_location,
+        "home_location",
+        f"the location floating IP {name} is routed from best (nbg1, fsn1, hel1...)",
+    )
+    description = _text(description, "description")
+    labels = _labels(labels)
     client = _client()
     response = _retry(
         f"creating floating IP {name}",
@@ -606,6 +728,7 @@ def create(name, type="ipv4", home_location=None, description=None, labels=None)
     return _describe_floating_ip(response.floating_ip, {})
 
 
+@_arguments_checked
 def update(ip, description=None, labels=None):
     """
     Change a floating IP's description and/or labels (labels are replaced).
@@ -616,8 +739,9 @@ def update(ip, description=None, labels=None):
 
         salt-call hcloud_ip.update lb-http description="public web"
     """
-    if labels is not None and not isinstance(labels, dict):
-        raise SaltInvocationError("labels must be a mapping of label names to values")
+    ip = _ref(ip, "ip", A_FLOATING_IP)
+    description = _text(description, "description")
+    labels = _labels(labels)
     client = _client()
     fip = _find_floating_ip(_retry("listing floating IPs", client.floating_ips.get_all), ip)
     updated = _retry(
@@ -1179,6 +1303,8 @@ def _clock(deadline):
 
 
 def _move_one(ip, server, deadline, unassigning=False):
+    ip = _ref(ip, "ip", A_FLOATING_IP)
+    server = _ref(server, "server", A_SERVER, required=False)
     client = _client()
     clock = _clock(deadline)
     target = None if unassigning else _target_server(client, server, clock)
@@ -1197,6 +1323,7 @@ def _move_one(ip, server, deadline, unassigning=False):
     }
 
 
+@_arguments_checked
 def assign(ip, server=None, deadline=None):
     """
     Assign a floating IP to a server (default: this node's), wait for the
@@ -1219,6 +1346,7 @@ def assign(ip, server=None, deadline=None):
     return _move_one(ip, server, deadline)
 
 
+@_arguments_checked
 def unassign(ip, deadline=None):
     """
     Unassign a floating IP from whatever server holds it, and verify.
@@ -1232,6 +1360,7 @@ def unassign(ip, deadline=None):
     return _move_one(ip, None, deadline, unassigning=True)
 
 
+@_arguments_checked
 def alias_ips(network, ips=None, server=None, deadline=None):
     """
     Read or add alias IPs of a server (default: this node's) in a private network.
@@ -1248,10 +1377,12 @@ def alias_ips(network, ips=None, server=None, deadline=None):
         salt-call hcloud_ip.alias_ips lb-private
         salt-call hcloud_ip.alias_ips lb-private ips=10.0.1.1,10.0.1.5 server=lb-backup
     """
+    network = _ref(network, "network", A_NETWORK)
+    wanted = _split(ips, "ips")
+    server = _ref(server, "server", A_SERVER, required=False)
     client = _client()
     clock = _clock(deadline)
     target = _target_server(client, server, clock)
-    wanted = _split(ips)
     if not wanted:
         return _read_alias_ips(client, network, target)
     goal = _AliasGoal(network, wanted, target)
@@ -1280,23 +1411,34 @@ def _read_alias_ips(client, network, server):
     return {"server": server.name, "network": net.name, "alias_ips": sorted(private.alias_ips)}
 
 
-def _failover_goals(floating_ips, alias_ips, me, peers):
-    fip_refs = _split(_failover_option("floating_ips") if floating_ips is None else floating_ips)
-    alias_map = _failover_option("alias_ips") if alias_ips is None else alias_ips
-    if not isinstance(alias_map or {}, dict):
-        raise SaltInvocationError(
-            "hcloud:failover:alias_ips must map a network name or ID to a list of IPs"
-        )
-    goals = [_FloatingIPGoal(ref, me, peers) for ref in fip_refs]
-    goals += [_AliasGoal(net, _split(ips), me, peers) for net, ips in (alias_map or {}).items()]
-    if not goals:
+def _failover_addresses(floating_ips, alias_ips):
+    """
+    (floating IP refs, {network: alias IPs}) the failover moves: the arguments,
+    else hcloud:failover's; checked before anything is asked of the API.
+    """
+    if floating_ips is None:
+        fip_refs = _split(_failover_option("floating_ips"), "hcloud:failover:floating_ips")
+    else:
+        fip_refs = _split(floating_ips, "floating_ips")
+    if alias_ips is None:
+        alias_map = _alias_map(_failover_option("alias_ips"), "hcloud:failover:alias_ips")
+    else:
+        alias_map = _alias_map(alias_ips, "alias_ips")
+    if not fip_refs and not alias_map:
         raise CommandExecutionError(
             "nothing to fail over: set hcloud:failover:floating_ips "
             "and/or hcloud:failover:alias_ips"
         )
+    return fip_refs, alias_map
+
+
+def _failover_goals(fip_refs, alias_map, me, peers):
+    goals = [_FloatingIPGoal(ref, me, peers) for ref in fip_refs]
+    goals += [_AliasGoal(net, ips, me, peers) for net, ips in alias_map.items()]
     return goals
 
 
+@_arguments_checked
 def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
     """
     Bring every floating IP and alias IP configured for this node to this
@@ -1348,19 +1490,16 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
         salt-call --local hcloud_ip.failover reassert=True
         salt-call hcloud_ip.failover floating_ips=lb-http,lb-ws
     """
+    reassert = _flag(reassert, "reassert")
+    addresses = _failover_addresses(floating_ips, alias_ips)
     client = _client()
     clock = _clock(deadline)
+    peers = _OutrankingPeers(_outranking_peers(), reassert)
+    left_master = _vrrp_state_watch()
     tell_master = _master_notifier()
     report = None
     try:
-        report = _fail_over(
-            client,
-            clock,
-            floating_ips,
-            alias_ips,
-            peers=_OutrankingPeers(_outranking_peers(), reassert),
-            left_master=_vrrp_state_watch(),
-        )
+        report = _fail_over(client, clock, addresses, peers=peers, left_master=left_master)
     finally:
         tell_master(report)
     if not report["result"]:
@@ -1370,7 +1509,7 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
 
 def _outranking_peers():
     """The peers that would win a VRRP election against this node (hcloud:failover:yield_to)."""
-    return frozenset(_split(_failover_option("yield_to")))
+    return frozenset(_split(_failover_option("yield_to"), "hcloud:failover:yield_to"))
 
 
 def _vrrp_state_watch():
@@ -1386,6 +1525,10 @@ def _vrrp_state_watch():
     path = _failover_option("state_file")
     if not path:
         return lambda: None
+    if not isinstance(path, str):
+        raise CommandExecutionError(
+            f"hcloud:failover:state_file must be a file's path, got {_shown(path)}"
+        )
 
     def left_master():
         try:
@@ -1410,9 +1553,9 @@ def _warn_unknown_peers(peers, snapshot):
             )
 
 
-def _fail_over(client, clock, floating_ips, alias_ips, *, peers, left_master):
+def _fail_over(client, clock, addresses, *, peers, left_master):
     me = _this_server(client, clock)[0]
-    goals = _failover_goals(floating_ips, alias_ips, me, peers)
+    goals = _failover_goals(*addresses, me, peers)
     log.info(
         "hcloud_ip: t+%.2fs failover of %d goal(s) to %s", clock.elapsed(), len(goals), me.name
     )

@@ -210,7 +210,10 @@ def alias_ips(name, ips, network=None, server=None):
     """
     ret = _ret(name)
     network = network or name
-    ips = [ips] if isinstance(ips, str) else list(ips or [])
+    ips = [ips] if isinstance(ips, str) else ips
+    if not isinstance(ips, (list, tuple)) or not all(isinstance(ip, str) for ip in ips):
+        return _failed(ret, f"ips must be a list of IPs, got {ips!r}")
+    ips = list(ips)
     if not ips:
         return _failed(ret, "ips must list at least one IP")
     try:

@@ -546,7 +546,9 @@ def test_a_reassert_leaves_an_alias_ip_an_outranking_peer_has_released_to_claim_
 
 @pytest.fixture
 def failover_node(node, pair):
-    node.set_options({**node.options, "failover": {"floating_ips": ["lb-http"], "deadline": 30}})
+    # Kept in node.options, so that a test changing another option keeps it.
+    node.options = {**node.options, "failover": {"floating_ips": ["lb-http"], "deadline": 30}}
+    node.set_options(node.options)
     return node
 
 
@@ -755,6 +757,57 @@ def test_a_deadline_of_a_plain_decimal_string_is_taken(failover_node, cloud, pai
     ret = failover_node.call("hcloud_ip.failover", "deadline='12.5'")
     assert ret.returncode == 0, ret.stdout + ret.stderr
     assert holder(cloud, fip["id"]) == master["id"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["assign"], "missing a required argument: 'ip'"),
+        (["whoami", "lb-master"], "too many positional arguments"),
+        (["assign", "lb-http", "server=[lb-backup]"], "server must be the name or ID of a server"),
+        (["describe", "[lb-http]"], "ip must be the name, ID or address of a floating IP"),
+        (["failover", "reassert=maybe"], "reassert must be True or False, got 'maybe'"),
+        (["failover", "floating_ips=1.5"], "floating_ips must be a list (or a comma-separated"),
+        (["failover", "alias_ips=10.0.1.1"], "alias_ips must map a network name or ID to a list"),
+        (["alias_ips", "lb-private", "ips={a: 1}"], "ips must be a list (or a comma-separated"),
+        (["create", "lb-new", "type=ipv5", "home_location=nbg1"], "type must be ipv4 or ipv6"),
+        (["create", "lb-new"], "home_location is required"),
+        (["update", "lb-http", "labels=lb"], "labels must be a mapping of label names to values"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_a_bad_argument_is_refused_in_one_line_naming_it(failover_node, cloud, pair, args, message):
+    _, backup, fip = pair
+    cloud.clear_requests()
+    ret = failover_node.call(f"hcloud_ip.{args[0]}", *args[1:])
+    assert_refused(ret, args[0], message)
+    assert_refused_before_any_request(cloud, fip, backup)
+
+
+FAILOVER = {"floating_ips": ["lb-http"]}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"failover": "lb-http"}, "hcloud:failover must be a mapping"),
+        ({"failover": {"floating_ips": {"lb-http": 1}}}, "hcloud:failover:floating_ips must be a"),
+        ({"failover": {"alias_ips": ["10.0.1.1"]}}, "hcloud:failover:alias_ips must map a"),
+        ({"failover": {**FAILOVER, "yield_to": [["lb-backup"]]}}, "hcloud:failover:yield_to must"),
+        ({"failover": {**FAILOVER, "state_file": 5}}, "hcloud:failover:state_file must be a file"),
+        ({"failover": FAILOVER, "api_endpoint": 5}, "hcloud:api_endpoint must be a string, got 5"),
+    ],
+    ids=["failover", "floating_ips", "alias_ips", "yield_to", "state_file", "api_endpoint"],
+)
+def test_a_bad_option_is_refused_in_one_line_naming_it(
+    failover_node, cloud, pair, setting, message
+):
+    _, backup, fip = pair
+    failover_node.set_options({**failover_node.options, **setting})
+    cloud.clear_requests()
+    ret = failover_node.call("hcloud_ip.failover")
+    assert_refused(ret, "failover", message)
+    assert_refused_before_any_request(cloud, fip, backup)
 
 
 # ---------------------------------------------------------------- secrets

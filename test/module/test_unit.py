@@ -12,7 +12,7 @@ import requests
 from hcloud import APIException
 from hcloud.networks import Network
 from hcloud.servers import PrivateNet, Server
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.exceptions import CommandExecutionError
 
 from _modules import hcloud_ip
 from _states import hcloud_ip as hcloud_ip_state
@@ -265,16 +265,58 @@ def test_an_unset_deadline_and_timeout_take_their_defaults(options):
 
 def test_failover_refuses_alias_ips_that_are_not_a_mapping(options):
     options["failover"] = {"alias_ips": ["10.0.1.1"]}
-    with pytest.raises(SaltInvocationError, match="hcloud:failover:alias_ips must map"):
-        hcloud_ip._failover_goals(
-            None, None, SimpleNamespace(id=1, name="lb-master"), hcloud_ip._OutrankingPeers()
-        )
+    with pytest.raises(CommandExecutionError, match="hcloud:failover:alias_ips must map"):
+        hcloud_ip._failover_addresses(None, None)
 
 
 def test_split_accepts_lists_and_comma_separated_strings():
-    assert hcloud_ip._split("a, b,,c") == ["a", "b", "c"]
-    assert hcloud_ip._split(["a", 7]) == ["a", "7"]
-    assert hcloud_ip._split(None) == []
+    assert hcloud_ip._split("a, b,,c", "ips") == ["a", "b", "c"]
+    assert hcloud_ip._split(["a", 7], "ips") == ["a", "7"]
+    assert hcloud_ip._split(12345, "ips") == ["12345"]  # salt-call reads an ID as a number
+    assert hcloud_ip._split(None, "ips") == []
+
+
+@pytest.mark.parametrize(
+    "value", [True, 1.5, {"a": 1}, ["a", None], ["a", ["b"]], [False]], ids=repr
+)
+def test_split_names_the_argument_it_refuses(value):
+    with pytest.raises(CommandExecutionError, match=r"^ips must be a list \(or a comma-separated"):
+        hcloud_ip._split(value, "ips")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (hcloud_ip.assign, "missing a required argument: 'ip'"),
+        (lambda: hcloud_ip.describe(""), "ip is required: the name, ID or address"),
+        (lambda: hcloud_ip.describe(["lb-http"]), "ip must be the name, ID or address"),
+        (lambda: hcloud_ip.whoami("lb-master"), "too many positional arguments"),
+        (lambda: hcloud_ip.server_info(server=True), "server must be the name or ID of a server"),
+        (lambda: hcloud_ip.alias_ips("lb-private", ips=5.5), "ips must be a list"),
+        (lambda: hcloud_ip.failover(reassert="maybe"), "reassert must be True or False"),
+        (lambda: hcloud_ip.failover(floating_ips={"a": 1}), "floating_ips must be a list"),
+        (lambda: hcloud_ip.failover(alias_ips="10.0.1.1"), "alias_ips must map a network"),
+        (lambda: hcloud_ip.create("lb-new"), "home_location is required"),
+        (lambda: hcloud_ip.create("lb-new", type="ipv5"), "type must be ipv4 or ipv6"),
+        (lambda: hcloud_ip.update("lb-http", labels="a=b"), "labels must be a mapping"),
+        (lambda: hcloud_ip.update("lb-http", description=5), "description must be a string"),
+    ],
+)
+def test_a_bad_argument_is_one_line_naming_it_before_any_request(options, call, message):
+    options["api_endpoint"] = "http://127.0.0.1:9/v1"  # nothing listens: a request would fail
+    with pytest.raises(CommandExecutionError) as refused:
+        call()
+    assert message in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_checked_functions_keep_their_argument_list_for_salt():
+    import salt.utils.args  # noqa: PLC0415
+
+    spec = salt.utils.args.get_function_argspec(hcloud_ip.assign)
+    assert spec.args == ["ip", "server", "deadline"]
+    assert spec.defaults == (None, None)
+    assert hcloud_ip.assign.__doc__.strip().startswith("Assign a floating IP")
 
 
 # ---------------------------------------------------------------- re-assert in a split brain
