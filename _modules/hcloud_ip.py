@@ -140,13 +140,39 @@ def _failover_option(key, default=None):
 
 
 def _token():
+    """
+    hcloud:token, checked without ever being shown.
+
+    An API token is printable ASCII. Anything else (a pasted umlaut, a line
+    break inside it) would go into the Authorization header, where
+    http.client refuses a line break, cannot encode most non-ASCII, and sends
+    the rest as Latin-1 for the API to refuse: one line naming what is wrong
+    and where says more than any of those, and never shows the token.
+    """
     token = _option("token")
     if not token:
         raise CommandExecutionError(
             "hcloud:token is not set: put a Hetzner Cloud API token (read/write) "
             "under hcloud:token in pillar or the minion config"
         )
-    return str(token).strip()
+    if not isinstance(token, str):
+        raise CommandExecutionError(
+            f"hcloud:token must be a string (quote it in YAML), not a {type(token).__name__}"
+        )
+    token = token.strip()  # a token file's final line break
+    for position, char in enumerate(token, 1):
+        if not char.isascii():
+            raise CommandExecutionError(
+                f"hcloud:token is not ASCII (character {position}): an API token is printable "
+                "ASCII; was it pasted with a stray character?"
+            )
+        if not "!" <= char <= "~":
+            kind = "a line break" if char in "\r\n" else "a space or control character"
+            raise CommandExecutionError(
+                f"hcloud:token is not printable ASCII (character {position} is {kind}): "
+                "an API token has no spaces, line breaks or control characters"
+            )
+    return token
 
 
 def _request_timeout():

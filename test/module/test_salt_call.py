@@ -653,6 +653,33 @@ def test_a_bad_token_is_a_one_line_error(failover_node):
     assert_one_line_error(failover_node.call("hcloud_ip.failover"), "refused the token")
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("\u00e4", "hcloud:token is not ASCII (character 11)"),
+        ("\u20ac", "hcloud:token is not ASCII (character 11)"),
+        ("\n", "hcloud:token is not printable ASCII (character 11 is a line break)"),
+    ],
+    ids=["umlaut", "euro", "newline"],
+)
+def test_a_token_that_is_no_printable_ascii_is_one_line_never_showing_it(
+    failover_node, cloud, pair, bad, message
+):
+    _, backup, fip = pair
+    head, tail = cloud.token[:10], cloud.token[10:]
+    failover_node.set_options({**failover_node.options, "token": head + bad + tail})
+    cloud.clear_requests()
+    ret = failover_node.call("hcloud_ip.failover")
+    assert_refused(ret, "failover", message)
+    assert_refused_before_any_request(cloud, fip, backup)
+    # The node's log file takes every level.
+    with open(failover_node.factory.config["log_file"], encoding="utf-8") as handle:
+        logged = handle.read()
+    for text in (ret.stdout, ret.stderr, logged):
+        assert head not in text
+        assert tail not in text
+
+
 def test_a_missing_token_names_the_option(salt_node_factory, cloud):
     node = salt_node_factory("lb-master")
     node.set_options({"api_endpoint": cloud.api_url})

@@ -177,6 +177,40 @@ def test_a_missing_token_names_the_option(options):
         hcloud_ip._client()
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("\u00e4", "hcloud:token is not ASCII (character 7)"),
+        ("\u20ac", "hcloud:token is not ASCII (character 7)"),
+        ("\n", "(character 7 is a line break)"),
+        (" ", "(character 7 is a space or control character)"),
+        ("\t", "(character 7 is a space or control character)"),
+        ("\x00", "(character 7 is a space or control character)"),
+    ],
+    ids=["umlaut", "euro", "newline", "space", "tab", "nul"],
+)
+def test_a_token_that_is_no_printable_ascii_is_one_line_never_showing_it(options, bad, message):
+    options["token"] = "secret" + bad + "token"
+    with pytest.raises(CommandExecutionError) as refused:
+        hcloud_ip._client()
+    text = str(refused.value)
+    assert message in text
+    assert "\n" not in text
+    assert "secret" not in text
+    assert "token" not in text.replace("hcloud:token", "").replace("API token", "")
+
+
+def test_a_token_that_is_no_string_is_refused(options):
+    options["token"] = 1234
+    with pytest.raises(CommandExecutionError, match="hcloud:token must be a string"):
+        hcloud_ip._client()
+
+
+def test_a_token_files_final_line_break_is_no_part_of_the_token(options):
+    options["token"] = "secret-token\n"
+    assert hcloud_ip._token() == "secret-token"
+
+
 def test_the_client_is_cached_per_token_and_rebuilt_when_it_changes(options):
     first = hcloud_ip._client()
     assert hcloud_ip._client() is first
