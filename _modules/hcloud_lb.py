@@ -292,7 +292,11 @@ def _haproxy_time_ms(value):
 
 class _Errors(list):
     def add(self, key, problem):
-        self.append(f"hcloud_lb:{key}: {problem}")
+        message = f"hcloud_lb:{key}: {problem}"
+        if not message.isprintable():
+            # A hostile key or value must not break the refusal's own lines.
+            message = message.encode("unicode_escape").decode("ascii")
+        self.append(message)
 
     def mapping(self, key, value, known=None, required=False):
         """
@@ -311,9 +315,15 @@ class _Errors(list):
                 self.add(f"{key}:{name}" if key else str(name), "is not a known key")
         return value
 
-    def named(self, key, value, what, required=True):
-        """A mapping keyed by name, each name checked whole; yields (key, name, entry)."""
+    def named(self, key, value, what, required=True, ids=False):
+        """
+        A mapping keyed by name (or, with ``ids``, by a cloud ID, as YAML reads
+        ``7578:``), each name checked whole; yields (key, name, entry).
+        """
         for name, entry in self.mapping(key, value, required=required).items():
+            if ids and _integer(name, 1, 2**63) is not None and not isinstance(name, str):
+                yield f"{key}:{name}", name, entry
+                continue
             if not (isinstance(name, str) and SAFE_NAME.fullmatch(name)):
                 self.add(f"{key}:{name}", f"{what} names must be letters, digits, '.', '_' or '-'")
                 continue
@@ -595,10 +605,11 @@ def _check_command(errors, check):
     user = errors.text(
         "vrrp:check:command_user", check.get("command_user"), UNIX_NAME, "a user name"
     )
-    if user == "root":
-        errors.add("vrrp:check:command_user", "must not be root: pillar would run commands as root")
-    elif user and not _user_on_the_node(user):
+    uid = _uid_on_the_node(user) if user else None
+    if user and uid is None:
         errors.add("vrrp:check:command_user", f"{user} is not a user on this node")
+    elif uid == 0:
+        errors.add("vrrp:check:command_user", "must not be root: pillar would run commands as root")
 
 
 def _check_weights(errors, settings, vrrp, shared_weight):
@@ -667,7 +678,9 @@ def _check_nodes(errors, nodes, vrrp):
 def _check_alias_ips(errors, alias_ips):
     """The alias IPs, {address: "alias_ips:NETWORK"}."""
     aliases = {}
-    for key, _name, value in errors.named("alias_ips", alias_ips, "network", required=False):
+    for key, _name, value in errors.named(
+        "alias_ips", alias_ips, "network", required=False, ids=True
+    ):
         entry = errors.mapping(key, value, KNOWN["alias_network"], required=True)
         if not entry:
             continue
@@ -716,7 +729,7 @@ def _check_haproxy(errors, haproxy):
     for name in sorted(KNOWN["haproxy:timeouts"]):
         value = timeouts.get(name)
         ms = _haproxy_time_ms(value)
-        if ms is None or not 1 <= ms <= MAX_TIMEOUT_MS:
+        if ms is None or not 0 < ms <= MAX_TIMEOUT_MS:
             errors.add(
                 f"haproxy:timeouts:{name}",
                 f"{_shown(value)} is not a haproxy time (e.g. 5s, 500ms, 1h; at most 24d)",
@@ -863,7 +876,7 @@ def _check_server_options(errors, key, options):
         errors.add(key, f"{_shown(options)}: separate the keywords by single spaces")
         return False
     kinds = {
-        "time": lambda v: (ms := _haproxy_time_ms(v)) is not None and 1 <= ms <= MAX_TIMEOUT_MS,
+        "time": lambda v: (ms := _haproxy_time_ms(v)) is not None and 0 < ms <= MAX_TIMEOUT_MS,
         "count": lambda v: _integer(v, 1, 1_000_000) is not None,
         "weight": lambda v: _integer(v, 0, 256) is not None,
         "port": lambda v: _integer(v, 1, 65535) is not None,
@@ -913,12 +926,13 @@ def _interface_on_the_node(name):
     return retcode == 0
 
 
-def _user_on_the_node(user):
-    """Whether the node has the user: ``getent passwd``, asked as the path above."""
-    retcode = __salt__["cmd.retcode"](
+def _uid_on_the_node(user):
+    """The user's uid on the node (``getent passwd``, asked as the path above), else None."""
+    entry = __salt__["cmd.run_stdout"](
         ["getent", "passwd", user], python_shell=False, ignore_retcode=True
     )
-    return retcode == 0
+    fields = entry.strip().split(":")
+    return int(fields[2]) if len(fields) >= 7 and fields[2].isdigit() else None
 
 
 def node(settings=None):

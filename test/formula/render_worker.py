@@ -3,8 +3,9 @@ Renders the formula's haproxy.cfg and keepalived.conf for many pillars in
 one Salt process, as a node would render them (map.jinja, the hcloud_lb
 module, Salt's own Jinja), and validates each pillar first as the states do.
 
-    python render_worker.py MINION_CONFIG < cases.json > results.json
+    python render_worker.py MINION_CONFIG
 
+reads lines of JSON lists of cases and answers each with a line of results.
 Each case is {"id": minion id, "pillar": {...}}; each result is {"errors":
 [...]} for a refused pillar, else {"errors": [], "haproxy": text,
 "keepalived": text}. A fresh salt-call per case costs about a
@@ -42,16 +43,18 @@ def main(config):
     templates = {name: (REPO / path).read_text() for name, path in TEMPLATES.items()}
     # One file client for every render: Salt's Jinja loader would start one each time.
     context = {"fileclient": salt.fileclient.get_file_client(functions.opts)}
-    results = []
-    for case in json.load(sys.stdin):
-        for pillar in pillars.values():
-            pillar.clear()
-            pillar.update(case["pillar"])
-        for grain in grains.values():
-            grain["id"] = case["id"]
-        functions.pack["__context__"].clear()
-        results.append(render(functions, templates, context))
-    json.dump(results, sys.stdout)
+    # A line of cases in, a line of results out, until stdin ends.
+    for line in sys.stdin:
+        results = []
+        for case in json.loads(line):
+            for pillar in pillars.values():
+                pillar.clear()
+                pillar.update(case["pillar"])
+            for grain in grains.values():
+                grain["id"] = case["id"]
+            functions.pack["__context__"].clear()
+            results.append(render(functions, templates, context))
+        print(json.dumps(results), flush=True)
 
 
 def render(functions, templates, context):

@@ -99,6 +99,7 @@ class Renderer:
         # keepalived's script security: the scripts and every directory above
         # them root's and not writable by others, so not under /tmp.
         self.scripts = Path("/run") / self.netns / "scripts"
+        self.worker = None
 
     def __enter__(self):
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
@@ -125,6 +126,9 @@ class Renderer:
         return self
 
     def __exit__(self, *exc):
+        if self.worker is not None:
+            self.worker.stdin.close()
+            self.worker.wait(30)
         subprocess.run(["ip", "netns", "del", self.netns], check=False)
         with contextlib.suppress(OSError):
             for name in SCRIPTS:
@@ -145,24 +149,20 @@ class Renderer:
             settings = case["pillar"].setdefault("hcloud_lb", {})
             if isinstance(settings, dict) and "lookup" not in settings:
                 settings["lookup"] = self.lookup()
-        proc = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.netns,
-                str(PYTHON),
-                str(WORKER),
-                str(self.root / "minion"),
-            ],
-            input=json.dumps(cases),
-            capture_output=True,
-            text=True,
-            timeout=60 + 5 * len(cases),
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads(proc.stdout)
+        if self.worker is None:
+            argv = [str(PYTHON), str(WORKER), str(self.root / "minion")]
+            self.worker = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, *argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=(self.root / "worker.log").open("w"),
+                text=True,
+            )
+        self.worker.stdin.write(json.dumps(cases) + "\n")
+        self.worker.stdin.flush()
+        line = self.worker.stdout.readline()
+        assert line, (self.root / "worker.log").read_text()[-3000:]
+        return json.loads(line)
 
     def check(self, result, name):
         """haproxy -c and keepalived -t on one rendered result: {daemon: (ok, output)}."""

@@ -63,10 +63,20 @@ def cmd_retcode(cmd, python_shell=None, ignore_retcode=False):
     return subprocess.run(cmd, check=False).returncode
 
 
+def cmd_run_stdout(cmd, python_shell=None, ignore_retcode=False):
+    """cmd.run_stdout, for the argv lists the module passes: this host's answer."""
+    assert isinstance(cmd, list) and python_shell is False and ignore_retcode is True
+    return subprocess.run(cmd, check=False, capture_output=True, text=True).stdout
+
+
 @pytest.fixture
 def node_salt():
     """The functions the module asks about the node: this host's, for real."""
-    return {"cmd.retcode": cmd_retcode, "file.stats": salt.modules.file.stats}
+    return {
+        "cmd.retcode": cmd_retcode,
+        "cmd.run_stdout": cmd_run_stdout,
+        "file.stats": salt.modules.file.stats,
+    }
 
 
 @pytest.fixture
@@ -391,3 +401,18 @@ def test_the_salt_ssh_wrapper_is_this_module():
     assert wrapper.is_symlink()
     assert os.readlink(wrapper) == "../_modules/hcloud_lb.py"
     assert wrapper.resolve() == (REPO / "_modules" / "hcloud_lb.py").resolve()
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ("root", "hcloud_lb:vrrp:check:command_user: must not be root"),
+        ("no-such-user", "hcloud_lb:vrrp:check:command_user: no-such-user is not a user"),
+        ("nobody", None),
+    ],
+)
+def test_a_check_command_runs_as_an_existing_user_other_than_root(settings, user, expected):
+    settings["vrrp"]["check"].update({"command": ["/bin/true", "-x"], "command_user": user})
+    found = problems(settings)
+    assert found == ([] if expected is None else [found[0]])
+    assert expected is None or found[0].startswith(expected)
