@@ -240,3 +240,20 @@ def test_the_reassert_loop_claims_all_until_a_claim_has_succeeded(tmp_path, netn
     # The next notify_master starts over: until it succeeds, nothing is left to a peer.
     assert hook(status_code=1).endswith(" hcloud_ip.failover")
     assert hook("reassert").endswith(" hcloud_ip.failover")
+
+
+def test_validate_from_the_command_line_checks_the_merged_settings(tmp_path, netns):
+    """salt-call hcloud_lb.validate sees what the states see: defaults and lookup merged."""
+    node = FormulaNode(tmp_path, netns=netns)
+    pillar = example_pillar()
+    node.set_pillar(pillar)
+    ret = node.salt_call("hcloud_lb.validate")
+    assert ret.returncode == 0 and ret.data == [], ret.stdout + ret.stderr
+    pillar["hcloud_lb"]["vrrp"]["prempt"] = False
+    pillar["hcloud_lb"]["lookup"]["run_dir"] = "/run/$(id)"
+    node.set_pillar(pillar)
+    assert node.salt_call("hcloud_lb.validate").data == [
+        "hcloud_lb:lookup:run_dir: '/run/$(id)' is not an absolute path of letters, digits "
+        "and _.+-/",
+        "hcloud_lb:vrrp:prempt: is not a known key",
+    ]
