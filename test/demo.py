@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lab.lab import ALIAS_IP, Lab, LabError
+from lab.lab import Lab, LabError
 from lab.timeline import failover_report
 
 
@@ -78,18 +78,13 @@ def main():
         master = lab.master_node()
         backup = next(role for role in lab.nodes if role != master)
         addresses = ", ".join(f"{name} {ip}" for name, ip in lab.floating_ips.items())
+        aliases = "".join(f" and alias {ip}" for ip in lab.alias_ips)
         say(
             f"   up in {time.monotonic() - started:.1f} s; the salt-master applied the formula "
             f"(highstate) to lb1 and lb2"
         )
-        say(
-            f"   {master} is MASTER, {backup} BACKUP; {addresses} and alias {ALIAS_IP} "
-            f"are on {master}"
-        )
-        say(
-            f"\n== Steady traffic: a new connection every 20 ms to "
-            f"http://{lab.floating_ips['lab-http']}/"
-        )
+        say(f"   {master} is MASTER, {backup} BACKUP; {addresses}{aliases} are on {master}")
+        say(f"\n== Steady traffic: a new connection every 20 ms to {', '.join(lab.urls())}")
         traffic = lab.start_traffic()
         time.sleep(2)
         warmup = traffic.records()

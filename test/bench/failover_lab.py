@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab.lab import ALIAS_IP, API_PORT, GATEWAY, NODES, Lab, LabError, Node
+from lab.lab import API_PORT, GATEWAY, NODES, Lab, LabError, Node, default_pillar
 from lab.timeline import failover_report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,12 +74,40 @@ class Variant:
         return not self.seeds
 
 
+# Each variant's lab options: the lab's default pillar (groups http, ws, extra1...,
+# the alias IP), with the profile and number of floating IPs of the variant.
 VARIANTS = (
-    Variant("default", "ours, default profile", {"profile": "default"}, ("haproxy", "freeze")),
-    Variant("fast", "ours, fast profile", {"profile": "fast"}, ("haproxy", "freeze")),
-    Variant("seeds", "seeds' way", {"profile": "default"}, ("haproxy", "freeze"), seeds=True),
-    Variant("ips1", "ours, default, 1 floating IP", {"floating_ips": 1}, ("haproxy",)),
-    Variant("ips8", "ours, default, 8 floating IPs", {"floating_ips": 8}, ("haproxy",)),
+    Variant(
+        "default",
+        "ours, default profile",
+        {"pillar": default_pillar(profile="default")},
+        ("haproxy", "freeze"),
+    ),
+    Variant(
+        "fast",
+        "ours, fast profile",
+        {"pillar": default_pillar(profile="fast")},
+        ("haproxy", "freeze"),
+    ),
+    Variant(
+        "seeds",
+        "seeds' way",
+        {"pillar": default_pillar(profile="default")},
+        ("haproxy", "freeze"),
+        seeds=True,
+    ),
+    Variant(
+        "ips1",
+        "ours, default, 1 floating IP",
+        {"pillar": default_pillar(floating_ips=1)},
+        ("haproxy",),
+    ),
+    Variant(
+        "ips8",
+        "ours, default, 8 floating IPs",
+        {"pillar": default_pillar(floating_ips=8)},
+        ("haproxy",),
+    ),
 )
 
 SWITCH_TIMEOUT = 30  # seconds from the fault until the switch must be complete
@@ -237,7 +265,7 @@ class SeedsLab(Lab):
         master_sh = head + "".join(blocks) + SEEDS_MASTER_TAIL
         # Lowest priority first: stopping the MASTER first would make the other
         # node MASTER, and our hook would move everything there.
-        by_priority = sorted(self.nodes, key=lambda role: NODES[role]["priority"])
+        by_priority = sorted(self.nodes, key=lambda role: priority(self, role))
         for role in by_priority:
             node = self.nodes[role]
             node.run("/etc/init.d/keepalived", "stop", check=True)
@@ -265,7 +293,7 @@ class SeedsLab(Lab):
             node.since = start
         for role in reversed(by_priority):  # the MASTER-to-be first, as before
             self.nodes[role].run("/etc/init.d/keepalived", "start", check=True)
-        wait_restored(self, preferred_role(), alias=False, timeout=RESTORE_TIMEOUT)
+        wait_restored(self, preferred_role(self), alias=False, timeout=RESTORE_TIMEOUT)
 
     def restart_keepalived(self, role):
         node = self.nodes[role]
@@ -299,8 +327,12 @@ def _wait_for(predicate, timeout, what):
 # ---- one run ------------------------------------------------------------------------------
 
 
-def preferred_role():
-    return max(NODES, key=lambda role: NODES[role]["priority"])
+def priority(lab, role):
+    return int(lab.settings["nodes"][role]["priority"])
+
+
+def preferred_role(lab):
+    return max(lab.nodes, key=lambda role: priority(lab, role))
 
 
 def other_role(role):
@@ -309,10 +341,7 @@ def other_role(role):
 
 def moved(lab, role, alias):
     """Every floating IP (and, for our formula, the alias IP) is routed to ``role``."""
-    holders = lab.holders()
-    if not alias:
-        holders.pop(ALIAS_IP, None)
-    return set(holders.values()) == {role}
+    return set(lab.holders(alias=alias).values()) == {role}
 
 
 def steady_on(lab, role, alias):
@@ -391,7 +420,7 @@ class Run:
 def phases_of(report, lab, new_role):
     """When the new node became MASTER, its hook started, lab-http reached it (after the fault)."""
     marks = {}
-    http_ip = lab.floating_ips["lab-http"]
+    http_ip = lab.groups["http"].moves
     for when, who, what in report.timeline:
         offset = when - report.fault
         if who == new_role and what == "becomes MASTER":
@@ -421,7 +450,7 @@ def one_run(lab, variant, scenario, number):
     except LabError as exc:
         run.error = str(exc)
         return run
-    traffic = lab.start_traffic()
+    traffic = lab.start_traffic(groups=["http"])
     try:
         time.sleep(WARMUP + RANDOM.uniform(0, JITTER))
         fault = time.time()
@@ -486,7 +515,7 @@ def measure(run, lab, report, records):
     for event in lab.api_events(fault):
         if event["ip"] in floating and lab.server_role(event["new_server_id"]) == backup:
             last_move[event["ip"]] = max(event["time"], last_move.get(event["ip"], 0.0))
-        elif event["ip"] == ALIAS_IP and run.variant == "seeds":
+        elif event["ip"] in lab.alias_ips and run.variant == "seeds":
             # the seeds' way has nothing that moves it: say so if something did
             holder = lab.server_role(event["new_server_id"]) or "nobody"
             run.notes.append(f"alias IP moved to {holder} (not by the seeds' master.sh)")

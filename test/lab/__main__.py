@@ -2,17 +2,24 @@
 The lab's command line (run as root, from the repo: ``.venv/bin/python -m test.lab``
 is not needed; use ``make lab-up`` / ``make lab-down``).
 
-    python test/lab up [--profile default|fast] [--masterless] [--name NAME]
+    python test/lab up [--profile default|fast] [--floating-ips N] [--masterless] [--name NAME]
+    python test/lab up --pillar FILE [--masterless] [--name NAME]
     python test/lab down [--name NAME]
+
+Without --pillar the lab's default pillar (lab.default_pillar), with the
+profile and number of floating IPs given; --pillar FILE is a whole pillar
+(YAML, with an hcloud_lb mapping) to build the project from and apply instead.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.lab import Lab, LabError
+from lab.lab import Lab, LabError, default_pillar
 
 
 def main():
@@ -28,19 +35,19 @@ def main():
         help="apply with salt-call --local on each node instead of a salt-master",
     )
     parser.add_argument("--floating-ips", type=int, default=2)
+    parser.add_argument("--pillar", type=Path, help="a whole pillar (YAML) instead of the default")
     args = parser.parse_args()
-    lab = Lab(
-        name=args.name,
-        profile=args.profile,
-        masterless=args.masterless,
-        floating_ips=args.floating_ips,
-    )
-    if args.command == "down":
-        lab.down()
-        return 0
     try:
+        if args.pillar:
+            pillar = yaml.safe_load(args.pillar.read_text())
+        else:
+            pillar = default_pillar(profile=args.profile, floating_ips=args.floating_ips)
+        lab = Lab(name=args.name, masterless=args.masterless, pillar=pillar)
+        if args.command == "down":
+            lab.down()
+            return 0
         lab.up()
-    except LabError as exc:
+    except (LabError, OSError, yaml.YAMLError) as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 1
     print(f"lab {lab.name}: up; {lab.describe()}")

@@ -1,22 +1,37 @@
 """
 The failover lab: two load balancer nodes, the cloud, a client and backends,
 each a host of its own on this machine, and the formula applied to the nodes
-by a salt-master in the lab (or masterless).
+by a salt-master in the lab (or masterless), from a whole pillar.
 
 Hosts (network namespaces named ``<name>-<host>``):
 
-    client  10.240.1.100 ──┐                         ┌── be1 10.241.0.21 (HTTP :8080, lines :8081)
-                           │  cloud: router,          ├── be2 10.241.0.22
-    lb1 eth0 10.240.1.x ───┤  emulator :8080,         │
-    lb2 eth0 10.240.1.y ───┤  metadata 169.254.169.254├── lb1 ens10 10.241.0.11
-                           │  salt-master :4505/4506  └── lb2 ens10 10.241.0.12
-                      public 10.240.1.0/24      private network 10.241.0.0/16
+    client  eth0 10.240.1.100, 2001:db8:1::100 ┐       ┌── be1 10.241.0.21 (HTTP :8080, lines :8081)
+            ens10 10.241.0.30 ─────────────────┤cloud: ├── be2 10.241.0.22
+    lb1 eth0 10.240.1.x ───────────────────────┤router,├── lb1 ens10 10.241.0.11
+    lb2 eth0 10.240.1.y ───────────────────────┤API,   └── lb2 ens10 10.241.0.12
+                                               │metadata, salt-master
+                public 10.240.1.0/24                      private network 10.241.0.0/16
 
-Like Hetzner, every link is a point-to-point /32 to the cloud, which routes:
-each floating IP (10.240.100.0/24) goes to the server the emulator says holds
-it, and each alias IP to its holder's private address, changed by the
-emulator's --on-change hook the moment an assignment completes. Nothing is
-routed out of the lab: the namespaces have no link to this machine's network.
+Like Hetzner, every link is a point-to-point /32 to the cloud (IPv6: the
+cloud is fe80::1 on each link), which routes: each floating IP (IPv4 from
+10.240.100.0/24, IPv6 /64s from 2001:db8:100::/48) goes to the server the
+emulator says holds it, and each alias IP to its holder's private address,
+changed by the emulator's --on-change hook the moment an assignment
+completes. Nothing is routed out of the lab: the namespaces have no link to
+this machine's network.
+
+The pillar is a whole one, as a user writes it (``{"hcloud_lb": {...}}``,
+``default_pillar()`` unless given), and the emulated project is built from
+it: every floating IP a group names (by name, ID or address, with the
+address the group binds), the private network (the one ``alias_ips`` names,
+else ``lab-private``) and the servers lb1 and lb2. The lab adds only what is
+its own (``pillar()``): the ``hcloud:`` token and endpoints (always its
+own), and, where the pillar leaves them out, ``lookup:salt_call``, the
+lookup's ``enable: false`` for haproxy and keepalived, and a VRRP password
+(unless ``vrrp:authentication`` is false). The nodes and their addresses are
+the lab's (``NODES``): a pillar names them under ``nodes:`` as a user names
+theirs. Everything the lab observes (holders, traffic, answers) follows the
+pillar's groups and addresses.
 
 The load balancer nodes are hosts to the formula (nodeinit.py): their own
 /etc, /var, /run, /tmp, /dev, PIDs and hostname, so Debian's haproxy and
@@ -26,8 +41,12 @@ the namespaces; ``down()`` removes all of it, also after a failed ``up()``.
 """
 
 import contextlib
+import copy
+import dataclasses
+import ipaddress
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -47,24 +66,91 @@ VENV_BIN = REPO / ".venv" / "bin"
 OPENAPI = REPO.parent / "shared" / "hcloud-openapi" / "hcloud.json"
 
 GATEWAY = "10.240.1.1"
+GATEWAY_IPV6 = "fe80::1"  # the cloud on every link, as Hetzner's IPv6 gateway
 CLIENT_IP = "10.240.1.100"
+CLIENT_IPV6 = "2001:db8:1::100"
 SERVER_POOL = "10.240.1.16/28"
 FLOATING_POOL = "10.240.100.0/24"
+IPV6_POOL = "2001:db8:100::/48"  # /64s: IPv6 floating IPs (created first), then the servers'
 PRIVATE_RANGE = "10.241.0.0/16"
 PRIVATE_SUBNET = "10.241.0.0/24"
 PRIVATE_GATEWAY = "10.241.0.1"
-ALIAS_IP = "10.241.0.100"
+PRIVATE_NETWORK = "lab-private"  # the private network's name when alias_ips names none
 METADATA_IP = "169.254.169.254"
 API_PORT = 8080
-# High priorities on both: a backup waits (256 - priority) / 256 of an advert
-# interval (its skew time) before it takes over from a master that gave up.
-NODES = {
-    "lb1": {"private": "10.241.0.11", "priority": 254},
-    "lb2": {"private": "10.241.0.12", "priority": 250},
-}
+# The load balancer nodes (minion ids and server names) and their private addresses.
+NODES = {"lb1": "10.241.0.11", "lb2": "10.241.0.12"}
 BACKENDS = {"be1": "10.241.0.21", "be2": "10.241.0.22"}
+# The client's leg in the private network, to reach internal load balancers (alias IPs).
+CLIENT_PRIVATE_IP = "10.241.0.30"
 HTTP_PORT, LINE_PORT = 8080, 8081
 ACTION_DURATION = 0.5
+
+
+# ---- pillars ---------------------------------------------------------------------------
+
+
+def web_balancer(port=80):
+    """A balancer in front of the backends' HTTP service: the client's requests go there."""
+    servers = {
+        role: {"host": address, "port": HTTP_PORT, "options": "check inter 1s"}
+        for role, address in BACKENDS.items()
+    }
+    return {
+        "mode": "http",
+        "algorithm": "roundrobin",
+        "frontend_port": port,
+        "backend_servers": servers,
+    }
+
+
+def line_balancer(port=80):
+    """A TCP balancer in front of the backends' line echo: the client's held connection."""
+    servers = {
+        role: {"host": address, "port": LINE_PORT, "options": "check inter 1s"}
+        for role, address in BACKENDS.items()
+    }
+    return {
+        "mode": "tcp",
+        "algorithm": "leastconn",
+        "frontend_port": port,
+        "backend_servers": servers,
+    }
+
+
+def default_pillar(*, profile="default", floating_ips=2):
+    """
+    The lab's usual pillar: groups ``http`` (floating IP lab-http, 10.240.100.1)
+    and ``ws`` (lab-ws, .2, long-lived connections), then ``extra1``... for more
+    floating IPs, the alias IP 10.241.0.100 in lab-private, VRRP over the
+    private network, priorities 254 and 250 (high on both: a backup waits
+    (256 - priority) / 256 of an advert interval before it takes over from a
+    master that gave up).
+    """
+    names = ["http", "ws"] + [f"extra{n}" for n in range(1, 16)]
+    addresses = ipaddress.ip_network(FLOATING_POOL).hosts()
+    groups = {}
+    for name, address in zip(names[:floating_ips], addresses, strict=False):
+        groups[name] = {
+            "floating_ip": f"lab-{name}",
+            "address": str(address),
+            "balancers": {"lines": line_balancer()} if name == "ws" else {"web": web_balancer()},
+        }
+    return {
+        "hcloud_lb": {
+            "name": "lab",
+            "max_connections": 2000,
+            "public_interface": "eth0",
+            "vrrp": {"interface": "ens10", "virtual_router_id": 51, "profile": profile},
+            "nodes": {
+                "lb1": {"priority": 254, "address": NODES["lb1"]},
+                "lb2": {"priority": 250, "address": NODES["lb2"]},
+            },
+            "groups": groups,
+            "alias_ips": {PRIVATE_NETWORK: {"interface": "ens10", "ips": ["10.241.0.100"]}},
+            "hook": {"deadline": 20, "reassert_interval": 5},
+        }
+    }
 
 
 def run(argv, check=True, timeout=120, **kwargs):
@@ -176,26 +262,68 @@ class Node(Host):
         return self.read("/var/log/syslog") or ""
 
 
+@dataclasses.dataclass
+class Group:
+    """A group of the pillar as the client sees it."""
+
+    name: str
+    address: str | None  # where the client reaches it
+    moves: str | None  # the address the API moves for it: its floating IP or alias IP
+    urls: list  # HTTP balancers in front of the backends' web service
+    holds: list  # "host:port" of TCP balancers in front of the line echo
+
+
+@dataclasses.dataclass
+class WantedIp:
+    """A floating IP a group names (by name, ID or address), with the address it binds."""
+
+    group: str
+    name: str | None = None
+    id: int | None = None
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+
+    @property
+    def type(self):
+        return "ipv6" if self.address is not None and self.address.version == 6 else "ipv4"
+
+    @property
+    def api_ip(self):
+        """The floating IP's address as the API writes it (IPv6: its /64), if the pillar says."""
+        if self.address is None:
+            return None
+        if self.address.version == 6:
+            return str(ipaddress.ip_network(f"{self.address}/64", strict=False))
+        return str(self.address)
+
+    def matches(self, fip):
+        if self.name is not None:
+            return fip["name"] == self.name
+        if self.id is not None:
+            return fip["id"] == self.id
+        return fip["ip"] == self.api_ip
+
+    def describe(self):
+        reference = self.name or self.id or self.address
+        return f"groups:{self.group}:floating_ip ({reference})"
+
+
 class Lab:
     def __init__(
         self,
         name="hlab",
         *,
         workdir=None,
-        profile="default",
-        floating_ips=2,
+        pillar=None,
         masterless=False,
         action_duration=ACTION_DURATION,
-        pillar=None,
         say=print,
     ):
         self.name = name
         self.workdir = Path(workdir or REPO / ".lab" / name)
-        self.profile = profile
-        self.floating_ip_count = floating_ips
         self.masterless = masterless
         self.action_duration = action_duration
-        self.pillar_overrides = pillar or {}
+        self.user_pillar = _whole_pillar(default_pillar() if pillar is None else pillar)
+        self.vrrp_password = secrets.token_hex(4)
         self.say = say
         self.cloud = Host(self, "cloud")
         self.client = Host(self, "client")
@@ -204,8 +332,16 @@ class Lab:
         self.token = None
         self.api = None
         self.servers = {}
-        self.floating_ips = {}
+        self.floating_ips = {}  # name -> address (as the API writes it) of the pillar's
+        self.floating_ip_ids = set()
+        self.alias_ips = []
+        self.groups = {}
         self.processes = {}
+
+    @property
+    def settings(self):
+        """The pillar's hcloud_lb part, as given."""
+        return self.user_pillar["hcloud_lb"]
 
     # ---- the whole lab ---------------------------------------------------------------
 
@@ -240,10 +376,10 @@ class Lab:
         self.api = FakeCloud(f"http://127.0.0.1:{port}", self.token)
         for node in self.nodes.values():
             node.init_pid = int((node.root / "ready").read_text().split()[1])
-        servers = self.api._api_ok("GET", "/servers")["servers"]
+        self.user_pillar = yaml.safe_load((self.workdir / "pillar" / "hcloud_lb.sls").read_text())
+        servers = self._list("servers")
         self.servers = {s["name"]: s for s in servers if s["name"] in self.nodes}
-        fips = self.api._api_ok("GET", "/floating_ips")["floating_ips"]
-        self.floating_ips = {f["name"]: f["ip"] for f in sorted(fips, key=lambda f: f["id"])}
+        self._resolve()
         return self
 
     def down(self, quiet=False):
@@ -288,13 +424,27 @@ class Lab:
             run(["ip", "-n", host.netns, "link", "set", "lo", "up"])
         cloud = self.cloud.netns
         self.cloud.run("sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
+        self.cloud.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", check=True)
         for key in ("all", "default"):
             self.cloud.run("sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0", check=True)
         for address in (GATEWAY, PRIVATE_GATEWAY, METADATA_IP):
             run(["ip", "-n", cloud, "addr", "add", f"{address}/32", "dev", "lo"])
         # Floating IPs nobody holds go nowhere, as on Hetzner.
         run(["ip", "-n", cloud, "route", "add", "unreachable", FLOATING_POOL])
-        self._link(self.client, "eth0", f"pub-{self.client.role}", CLIENT_IP, GATEWAY)
+        run(["ip", "-n", cloud, "-6", "route", "add", "unreachable", IPV6_POOL])
+        self._link(
+            self.client, "eth0", f"pub-{self.client.role}", CLIENT_IP, GATEWAY, ipv6=CLIENT_IPV6
+        )
+        # The client's leg in the private network: an internal load balancer's
+        # address (an alias IP) is reachable only from there.
+        self._link(
+            self.client,
+            "ens10",
+            f"prv-{self.client.role}",
+            CLIENT_PRIVATE_IP,
+            PRIVATE_GATEWAY,
+            routes=[PRIVATE_RANGE],
+        )
         for role, address in BACKENDS.items():
             self._link(
                 self.backends[role],
@@ -305,8 +455,16 @@ class Lab:
                 routes=[PRIVATE_RANGE],
             )
 
-    def _link(self, host, device, cloud_device, address, gateway, *, routes=("default",)):
-        """A point-to-point link host:device <-> cloud:cloud_device, host at address/32."""
+    def _link(
+        self, host, device, cloud_device, address, gateway, *, routes=("default",), ipv6=None
+    ):
+        """
+        A point-to-point link host:device <-> cloud:cloud_device, host at address/32.
+
+        ``ipv6``: the link carries IPv6 too, the cloud at fe80::1 and the host's
+        default route through it (Hetzner's way); a string is the host's own
+        IPv6 address (/128), routed to it by the cloud.
+        """
         ns, cloud = host.netns, self.cloud.netns
         run(
             [
@@ -360,6 +518,14 @@ class Lab:
                 gateway,
             ]
         )
+        if ipv6:
+            default6 = ["default", "via", GATEWAY_IPV6, "dev", device]
+            gateway6 = [f"{GATEWAY_IPV6}/64", "dev", cloud_device, "nodad"]
+            run(["ip", "-n", cloud, "addr", "add", *gateway6])
+            run(["ip", "-n", ns, "-6", "route", "add", *default6])
+            if isinstance(ipv6, str):
+                run(["ip", "-n", ns, "addr", "add", f"{ipv6}/128", "dev", device, "nodad"])
+                run(["ip", "-n", cloud, "-6", "route", "add", f"{ipv6}/128", "dev", cloud_device])
 
     # ---- the cloud -------------------------------------------------------------------
 
@@ -368,16 +534,10 @@ class Lab:
         token_file = self.workdir / "token"
         token_file.touch(mode=0o600)
         token_file.write_text(self.token)
-        events = self.workdir / "routes.log"
         # The emulator runs this in the cloud namespace each time an address
         # changes holder: the route follows the API state at once.
-        hook = (
-            'via="$FAKECLOUD_NEW_SERVER_IPV4"; '
-            '[ "$FAKECLOUD_KIND" = floating_ip ] || via="$FAKECLOUD_NEW_SERVER_PRIVATE_IP"; '
-            'if [ -n "$via" ]; then ip route replace "$FAKECLOUD_IP/32" via "$via"; '
-            'else ip route replace unreachable "$FAKECLOUD_IP/32"; fi; '
-            f'echo "$(date +%s.%N) $FAKECLOUD_KIND $FAKECLOUD_IP $via" >> {events}'
-        )
+        hook = self.workdir / "route-hook"
+        hook.write_text(ROUTE_HOOK.format(events=self.workdir / "routes.log"))
         argv = [
             str(VENV_BIN / "python"),
             str(TEST_DIR / "fakecloud"),
@@ -391,10 +551,12 @@ class Lab:
             SERVER_POOL,
             "--floating-ipv4-pool",
             FLOATING_POOL,
+            "--ipv6-pool",
+            IPV6_POOL,
             "--action-duration",
             str(self.action_duration),
             "--on-change",
-            hook,
+            f"/bin/sh {hook}",
         ]
         if OPENAPI.exists():
             argv += ["--openapi", str(OPENAPI)]
@@ -415,27 +577,209 @@ class Lab:
         _wait(lambda: _responds(self.api), 20, "the emulator did not answer")
         (self.workdir / "api_port").write_text(str(port))
 
+    def _call(self, method, path, body=None):
+        """One API request; a LabError saying what the API answered unless it succeeded."""
+        response = self.api.api(method, path, body)
+        if not response.ok:
+            raise LabError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json() if response.content else {}
+
+    def _list(self, kind):
+        """Every item of an API collection (all pages)."""
+        items, page = [], 1
+        while page:
+            answer = self._call("GET", f"/{kind}?per_page=50&page={page}")
+            items += answer[kind]
+            page = answer["meta"]["pagination"]["next_page"]
+        return items
+
+    # ---- the project, from the pillar -------------------------------------------------
+
     def _build_project(self):
-        api = self.api
-        for role in NODES:
-            self.servers[role] = api.create_server(role)
-        network = api.create_network("lab-private", ip_range=PRIVATE_RANGE, subnet=PRIVATE_SUBNET)
-        for role, spec in NODES.items():
-            api.attach_server(self.servers[role]["id"], network["id"], ip=spec["private"])
+        """The project the pillar describes: its floating IPs, the private network, lb1 and lb2."""
+        self._create_floating_ips()
+        network = self._create_network()
+        for role, private in NODES.items():
+            self.servers[role] = self.api.create_server(role)
+            self.api.attach_server(self.servers[role]["id"], network["id"], ip=private)
             public = self.servers[role]["public_net"]["ipv4"]["ip"]
-            self._link(self.nodes[role], "eth0", f"pub-{role}", public, GATEWAY)
+            self._link(self.nodes[role], "eth0", f"pub-{role}", public, GATEWAY, ipv6=True)
             self._link(
                 self.nodes[role],
                 "ens10",
                 f"prv-{role}",
-                spec["private"],
+                private,
                 PRIVATE_GATEWAY,
                 routes=[PRIVATE_RANGE],
             )
-        names = ["lab-http", "lab-ws"] + [f"lab-extra{n}" for n in range(1, 16)]
-        for name in names[: self.floating_ip_count]:
-            self.floating_ips[name] = api.create_floating_ip(name)["ip"]
-        self.network_id = network["id"]
+        self._resolve()
+
+    def _create_floating_ips(self):
+        """
+        Every floating IP a group names that the project lacks, with the address
+        the group binds (and the ID, when named by ID).
+
+        The emulator hands out the lowest free address of its pool and the next
+        ID, so the lab creates floating IPs until one is the wanted address
+        (keeping those below it until the end) and ID (deleting those before it).
+        """
+        wanted = _wanted_floating_ips(self.settings)
+        # IDs count up: the lowest first; then addresses, the lowest first.
+        wanted.sort(key=lambda w: (w.id is None, w.id or 0, w.type, int(w.address or 0)))
+        fillers = []
+        try:
+            for want in wanted:
+                self._create_floating_ip(want, fillers)
+        finally:
+            for filler in fillers:
+                self._call("DELETE", f"/floating_ips/{filler['id']}")
+
+    def _create_floating_ip(self, want, fillers):
+        ours = {filler["id"] for filler in fillers}
+        fips = [fip for fip in self._list("floating_ips") if fip["id"] not in ours]
+        found = next((fip for fip in fips if want.matches(fip)), None)
+        if found:
+            if want.api_ip and found["ip"] != want.api_ip:
+                raise LabError(
+                    f"{want.describe()}: the project's floating IP is {found['ip']}, "
+                    f"the group binds {want.address}"
+                )
+            return found
+        target = want.api_ip
+        if target:
+            self._check_floating_address(want, fips)
+            holder = next((fip for fip in fillers if fip["ip"] == target), None)
+            if holder and want.id in (None, holder["id"]):
+                fillers.remove(holder)
+                return self._name_floating_ip(holder, want)
+        for _ in range(1000):
+            fip = self.api.create_floating_ip(f"lab-new-{secrets.token_hex(4)}", type=want.type)
+            if target and fip["ip"] != target:
+                fillers.append(fip)  # the lowest free address, below the target
+                continue
+            if want.id is not None and fip["id"] != want.id:
+                self._call("DELETE", f"/floating_ips/{fip['id']}")
+                if fip["id"] > want.id:
+                    raise LabError(
+                        f"{want.describe()}: the lab cannot create floating IP {want.id}, its "
+                        f"IDs are past it (they count up from 2, floating IPs first)"
+                    )
+                continue
+            return self._name_floating_ip(fip, want)
+        raise LabError(f"{want.describe()}: no floating IP {want.id or target} after 1000 tries")
+
+    def _check_floating_address(self, want, fips):
+        """The wanted address is in the lab's pool and nobody else's."""
+        target = want.api_ip
+        if want.type == "ipv4":
+            pool = ipaddress.ip_network(FLOATING_POOL)
+            usable = want.address in pool and want.address not in (
+                pool.network_address,
+                pool.broadcast_address,
+            )
+        else:
+            pool = ipaddress.ip_network(IPV6_POOL)
+            usable = want.address in pool and ipaddress.ip_network(target) != next(
+                pool.subnets(new_prefix=64)
+            )
+        if not usable:
+            raise LabError(
+                f"{want.describe()}: {want.address} is not a floating IP the lab can create "
+                f"(IPv4 from {FLOATING_POOL}, IPv6 from {IPV6_POOL} but its first /64)"
+            )
+        taken = [fip for fip in fips if fip["ip"] == target]
+        servers = [s for s in self._list("servers") if s["public_net"]["ipv6"]["ip"] == target]
+        if taken or servers:
+            owner = taken[0]["name"] if taken else f"server {servers[0]['name']}"
+            raise LabError(f"{want.describe()}: {target} is already {owner}'s")
+
+    def _name_floating_ip(self, fip, want):
+        name = want.name or f"floating-ip-{fip['id']}"
+        return self._call("PUT", f"/floating_ips/{fip['id']}", {"name": name})["floating_ip"]
+
+    def _create_network(self):
+        """The private network: the one alias_ips names (by name or ID), else lab-private."""
+        networks = list(self.settings.get("alias_ips") or {}) if self._alias_mapping() else []
+        if len(networks) > 1:
+            raise LabError(
+                f"alias_ips names {len(networks)} networks; the lab has one private "
+                f"network ({PRIVATE_RANGE} on ens10)"
+            )
+        name = str(networks[0]) if networks else PRIVATE_NETWORK
+        wanted_id = int(name) if name.isdigit() else None
+        for _ in range(1000):
+            network = self.api.create_network(
+                f"lab-new-{secrets.token_hex(4)}" if wanted_id else name,
+                ip_range=PRIVATE_RANGE,
+                subnet=PRIVATE_SUBNET,
+            )
+            if wanted_id is None:
+                return network
+            if network["id"] == wanted_id:
+                return self._call("PUT", f"/networks/{wanted_id}", {"name": PRIVATE_NETWORK})[
+                    "network"
+                ]
+            self._call("DELETE", f"/networks/{network['id']}")
+            if network["id"] > wanted_id:
+                break
+        raise LabError(f"alias_ips:{name}: the lab cannot create a network with that ID")
+
+    def _alias_mapping(self):
+        return isinstance(self.settings.get("alias_ips"), dict)
+
+    def _resolve(self):
+        """What the lab observes, from the pillar and the project: addresses and groups."""
+        settings = self.settings if isinstance(self.settings, dict) else {}
+        fips = self._list("floating_ips")
+        self.floating_ips, self.floating_ip_ids = {}, set()
+        for want in _wanted_floating_ips(settings):
+            fip = next((f for f in fips if want.matches(f)), None)
+            if fip:
+                self.floating_ips[fip["name"]] = fip["ip"]
+                self.floating_ip_ids.add(fip["id"])
+        self.alias_ips = []
+        for entry in (settings.get("alias_ips") or {}).values() if self._alias_mapping() else ():
+            ips = entry.get("ips") if isinstance(entry, dict) else None
+            self.alias_ips += [str(ip) for ip in ips if _ip(ip)] if isinstance(ips, list) else []
+        self.groups = {}
+        groups = settings.get("groups")
+        for name, entry in groups.items() if isinstance(groups, dict) else ():
+            if isinstance(entry, dict):
+                self.groups[name] = self._group(name, entry, fips)
+
+    def _group(self, name, entry, fips):
+        reference = entry.get("floating_ip")
+        address = _ip(entry.get("address")) or _ip(reference)
+        moves = None
+        if reference not in (None, "") and not isinstance(reference, bool):
+            want = next((w for w in _wanted_floating_ips({"groups": {name: entry}})), None)
+            fip = next((f for f in fips if want and want.matches(f)), None)
+            if fip:
+                moves = fip["ip"]
+                if address is None:  # a name without the address: the formula says so
+                    address = ipaddress.ip_network(fip["ip"]).network_address + (
+                        1 if ":" in fip["ip"] else 0
+                    )
+        elif address is not None and str(address) in self.alias_ips:
+            moves = str(address)
+        urls, holds = [], []
+        balancers = entry.get("balancers")
+        for balancer in balancers.values() if isinstance(balancers, dict) else ():
+            if not isinstance(balancer, dict) or address is None:
+                continue
+            servers = balancer.get("backend_servers")
+            ports = {
+                str(server.get("port"))
+                for server in (servers.values() if isinstance(servers, dict) else ())
+                if isinstance(server, dict)
+            }
+            host = f"[{address}]" if address.version == 6 else str(address)
+            port = balancer.get("frontend_port")
+            if str(HTTP_PORT) in ports:
+                urls.append(f"http://{host}/" if str(port) == "80" else f"http://{host}:{port}/")
+            if str(LINE_PORT) in ports:
+                holds.append(f"{host}:{port}")
+        return Group(name, str(address) if address else None, moves, urls, holds)
 
     # ---- backends, client ---------------------------------------------------------
 
@@ -476,74 +820,59 @@ class Lab:
     # ---- Salt --------------------------------------------------------------------------
 
     def pillar(self):
-        nodes = {
-            role: {"priority": spec["priority"], "address": spec["private"]}
-            for role, spec in NODES.items()
-        }
-        servers = {
-            role: {"host": address, "port": HTTP_PORT, "options": "check inter 1s"}
-            for role, address in BACKENDS.items()
-        }
-        lines = {
-            role: {"host": address, "port": LINE_PORT, "options": "check inter 1s"}
-            for role, address in BACKENDS.items()
-        }
-        groups = {}
-        for name, address in self.floating_ips.items():
-            ws = name == "lab-ws"
-            groups[name.removeprefix("lab-")] = {
-                "floating_ip": name,
-                "address": address,
-                "balancers": {
-                    "lines" if ws else "web": {
-                        "mode": "tcp" if ws else "http",
-                        "algorithm": "leastconn" if ws else "roundrobin",
-                        "frontend_port": 80,
-                        "backend_servers": lines if ws else servers,
-                    }
-                },
-            }
-        settings = {
-            "lookup": {
-                "salt_call": str(VENV_BIN / "salt-call"),
-                # No insserv in the lab's Debian: boot links stay as they are.
-                "haproxy": {"enable": False},
-                "keepalived": {"enable": False},
-            },
-            "name": "lab",
-            "max_connections": 2000,
-            "public_interface": "eth0",
-            "vrrp": {
-                "interface": "ens10",
-                "virtual_router_id": 51,
-                "password": self._vrrp_password(),
-                "profile": self.profile,
-            },
-            "nodes": nodes,
-            "groups": groups,
-            "alias_ips": {"lab-private": {"interface": "ens10", "ips": [ALIAS_IP]}},
-            "hook": {"deadline": 20, "reassert_interval": 5},
-        }
-        _merge(settings, self.pillar_overrides)
-        return {
-            "hcloud": {
-                "token": self.token,
-                "api_endpoint": f"http://{GATEWAY}:{API_PORT}/v1",
-                "metadata_endpoint": f"http://{METADATA_IP}/hetzner/v1/metadata",
-            },
-            "hcloud_lb": settings,
-        }
+        """
+        The pillar the nodes get: the given one, and what is the lab's.
 
-    def _vrrp_password(self):
-        path = self.workdir / "vrrp_password"
-        if not path.exists():
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_hex(4))
-        return path.read_text()
+        Always the lab's: ``hcloud:token``, ``api_endpoint`` and
+        ``metadata_endpoint`` (nothing leaves the lab). Where the pillar has
+        none: ``lookup:salt_call`` (the venv's), ``lookup:{haproxy,keepalived}:
+        enable: false`` (no boot links in the lab's Debian), ``vrrp:password``
+        unless ``vrrp:authentication`` is false, and ``max_connections`` when
+        this machine's file limit is below what haproxy needs for the
+        formula's default (its processes cannot raise it: no CAP_SYS_RESOURCE).
+        """
+        pillar = copy.deepcopy(self.user_pillar)
+        hcloud = pillar.get("hcloud") if isinstance(pillar.get("hcloud"), dict) else {}
+        pillar["hcloud"] = {
+            **hcloud,
+            "token": self.token,
+            "api_endpoint": f"http://{GATEWAY}:{API_PORT}/v1",
+            "metadata_endpoint": f"http://{METADATA_IP}/hetzner/v1/metadata",
+        }
+        settings = pillar["hcloud_lb"]
+        lookup = settings.setdefault("lookup", {})
+        if isinstance(lookup, dict):
+            lookup.setdefault("salt_call", str(VENV_BIN / "salt-call"))
+            for service in ("haproxy", "keepalived"):
+                entry = lookup.setdefault(service, {})
+                if isinstance(entry, dict):
+                    entry.setdefault("enable", False)
+        vrrp = settings.setdefault("vrrp", {})
+        if (
+            isinstance(vrrp, dict)
+            and "password" not in vrrp
+            and vrrp.get("authentication") is not False
+        ):
+            vrrp["password"] = self.vrrp_password
+        if "max_connections" not in settings and _fd_limit() < _haproxy_fds(
+            _formula_default("max_connections")
+        ):
+            # haproxy raises its file limit to what maxconn needs; this
+            # machine's processes may not raise theirs (no CAP_SYS_RESOURCE).
+            settings["max_connections"] = (_fd_limit() - 100) // 2
+        return pillar
 
-    def write_pillar(self, overrides=None):
-        if overrides is not None:
-            self.pillar_overrides = overrides
+    def write_pillar(self, pillar=None):
+        """
+        Give the nodes ``pillar`` (a whole one; default: the one the lab has);
+        apply it with ``provision()``. The project gets the floating IPs the
+        pillar names that it lacks, as a user creates them before naming them.
+        """
+        if pillar is not None:
+            self.user_pillar = _whole_pillar(pillar)
+        if self.api is not None:
+            self._create_floating_ips()
+            self._resolve()
         pillar_dir = self.workdir / "pillar"
         pillar_dir.mkdir(mode=0o700, exist_ok=True)
         (pillar_dir / "top.sls").write_text("base:\n  '*': [hcloud_lb]\n")
@@ -666,32 +995,59 @@ class Lab:
         masters = [role for role, node in self.nodes.items() if node.vrrp_state() == "MASTER"]
         return masters[0] if len(masters) == 1 else None
 
-    def holders(self):
-        """Where the API says each floating IP and the alias IP are: {address: role or None}."""
+    def addresses(self, alias=True):
+        """Every address the pillar moves, as the API writes it: floating IPs, alias IPs."""
+        return [*self.floating_ips.values(), *(self.alias_ips if alias else ())]
+
+    def holders(self, alias=True):
+        """
+        Where the API says each address of the pillar is: {address: role or None}.
+
+        Floating IPs as the API writes them (an IPv6 one as its /64); with
+        ``alias``, the alias IPs too.
+        """
         by_id = {server["id"]: role for role, server in self.servers.items()}
         found = {}
-        for fip in self.api._api_ok("GET", "/floating_ips")["floating_ips"]:
-            found[fip["ip"]] = by_id.get(fip["server"])
-        found[ALIAS_IP] = None
-        for role, server in self.servers.items():
-            detail = self.api._api_ok("GET", f"/servers/{server['id']}")["server"]
-            if any(ALIAS_IP in entry["alias_ips"] for entry in detail["private_net"]):
-                found[ALIAS_IP] = role
+        for fip in self._list("floating_ips"):
+            if fip["id"] in self.floating_ip_ids:
+                found[fip["ip"]] = by_id.get(fip["server"])
+        if alias and self.alias_ips:
+            found.update(dict.fromkeys(self.alias_ips))
+            for server in self._list("servers"):
+                for entry in server["private_net"]:
+                    for ip in entry["alias_ips"]:
+                        if ip in found and server["id"] in by_id:
+                            found[ip] = by_id[server["id"]]
         return found
 
     def all_on(self, role):
+        """Every address of the pillar is on ``role`` (false for a pillar with none)."""
         return set(self.holders().values()) == {role}
 
-    def answers(self, group="http"):
-        """(ok, answer) of one request from the client to a group's floating IP."""
-        return self.http("client", f"http://{self.floating_ips['lab-' + group]}/")
+    def urls(self, groups=None):
+        """The client's URLs of the groups' web balancers (default: every group's)."""
+        names = self.groups if groups is None else groups
+        return [url for name in names for url in self.groups[name].urls]
+
+    def answers(self, group=None):
+        """(ok, answer) of one request from the client to a group's (default: the first) URL."""
+        urls = self.urls(None if group is None else [group])
+        if not urls:
+            raise LabError(f"no web balancer in {group or 'any group'} to ask")
+        return self.http("client", urls[0])
 
     def wait_steady(self, timeout=90):
-        """One MASTER, every address on it, and the client served through the floating IP."""
+        """One MASTER, every address on it, and every group's URL answered through it."""
 
         def steady():
             master = self.master_node()
-            return master and self.all_on(master) and self.answers()[0] and master
+            if not master or not self.all_on(master):
+                return None
+            for url in self.urls():
+                ok, answer = self.http("client", url)
+                if not ok or self.node_of(answer) != master:
+                    return None
+            return master
 
         return _wait(steady, timeout, lambda: "the lab did not settle: " + self.describe(logs=20))
 
@@ -741,14 +1097,14 @@ class Lab:
 
     def cut_vrrp(self):
         """The cloud drops everything between the nodes' private addresses (both ways)."""
-        a, b = (spec["private"] for spec in NODES.values())
+        a, b = NODES.values()
         for source, target in ((a, b), (b, a)):
             self.cloud.run(
                 "ip", "rule", "add", "from", source, "to", target, "prohibit", check=True
             )
 
     def heal_vrrp(self):
-        a, b = (spec["private"] for spec in NODES.values())
+        a, b = NODES.values()
         for source, target in ((a, b), (b, a)):
             self.cloud.run("ip", "rule", "del", "from", source, "to", target, "prohibit")
 
@@ -764,8 +1120,12 @@ class Lab:
 
     # ---- traffic ----------------------------------------------------------------
 
-    def start_traffic(self, groups=("http",), interval=0.02, timeout=1.0, hold=False):
-        """Steady requests from the client to the groups' floating IPs; returns a Traffic."""
+    def start_traffic(self, groups=None, interval=0.02, timeout=1.0, hold=False):
+        """
+        Steady requests from the client to the groups' URLs (default: every
+        group's); ``hold``: also a long-lived connection through a group's line
+        balancer (True: the first group with one). Returns a Traffic.
+        """
         out = self.workdir / f"traffic-{time.time():.6f}.jsonl"
         argv = [
             "/usr/bin/python3",
@@ -777,33 +1137,48 @@ class Lab:
             "--timeout",
             str(timeout),
         ]
-        for group in groups:
-            argv += ["--url", f"http://{self.floating_ips['lab-' + group]}/"]
+        urls = self.urls(groups)
+        if not urls:
+            raise LabError(f"no web balancer in {groups or 'any group'} to send requests to")
+        for url in urls:
+            argv += ["--url", url]
         if hold:
-            argv += ["--hold", f"{self.floating_ips['lab-ws']}:80"]
+            names = self.groups if hold is True else [hold]
+            targets = [target for name in names for target in self.groups[name].holds]
+            if not targets:
+                raise LabError(f"no line balancer in {hold} for a held connection")
+            argv += ["--hold", targets[0]]
         process = self.client.popen(*argv, log=self.workdir / "traffic.log")
         _wait(out.exists, 10, "the traffic generator did not start")
         return Traffic(process, out)
 
-    def answers_through(self, records, role, since):
-        """The client's answered requests, started at or after ``since``, that went through role."""
+    def answers_through(self, records, role, since, url=None):
+        """
+        The client's answered requests (to ``url``, default any), started at or
+        after ``since``, that went through ``role``.
+        """
         return [
             r
             for r in records
             if r["kind"] == "request"
             and r["ok"]
             and r["start"] >= since
+            and url in (None, r["url"])
             and self.node_of(r.get("answer")) == role
         ]
 
     def switched_to(self, traffic, role, since):
-        """Everything routed to ``role``, and the client served through it since ``since``."""
-        return self.all_on(role) and bool(self.answers_through(traffic.records(), role, since))
+        """Everything routed to ``role``, and each URL of the traffic answered through it since."""
+        if not self.all_on(role):
+            return False
+        records = traffic.records()
+        urls = {r["url"] for r in records if r["kind"] == "request"}
+        return bool(urls) and all(self.answers_through(records, role, since, url) for url in urls)
 
     def node_of(self, answer):
         """The node a backend's answer came through ("be1 via 10.241.0.12" -> lb2)."""
-        for role, spec in NODES.items():
-            if answer and answer.endswith(f"via {spec['private']}"):
+        for role, private in NODES.items():
+            if answer and answer.endswith(f"via {private}"):
                 return role
         return None
 
@@ -829,7 +1204,7 @@ class Lab:
     def role_at(self, address):
         """The node whose public or private address ``address`` is, if any."""
         for role, server in self.servers.items():
-            if address in (server["public_net"]["ipv4"]["ip"], NODES[role]["private"]):
+            if address in (server["public_net"]["ipv4"]["ip"], NODES[role]):
                 return role
         return None
 
@@ -854,19 +1229,94 @@ class Traffic:
         return self.records()
 
 
+# Run by the emulator (--on-change) in the cloud namespace whenever an address
+# changes holder: the route follows at once. An IPv6 floating IP is a /64,
+# routed on-link through the holder's link (found by its IPv4 address).
+ROUTE_HOOK = """\
+via="$FAKECLOUD_NEW_SERVER_IPV4"
+[ "$FAKECLOUD_KIND" = floating_ip ] || via="$FAKECLOUD_NEW_SERVER_PRIVATE_IP"
+case "$FAKECLOUD_IP" in
+*:*)
+    if [ -n "$via" ]; then
+        dev=$(ip -o route get "$via" | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p')
+        ip -6 route replace "$FAKECLOUD_IP" dev "$dev"
+    else
+        ip -6 route replace unreachable "$FAKECLOUD_IP"
+    fi ;;
+*)
+    if [ -n "$via" ]; then
+        ip route replace "$FAKECLOUD_IP/32" via "$via"
+    else
+        ip route replace unreachable "$FAKECLOUD_IP/32"
+    fi ;;
+esac
+echo "$(date +%s.%N) $FAKECLOUD_KIND $FAKECLOUD_IP $via" >> {events}
+"""
+
+
+def _whole_pillar(pillar):
+    """A copy of a whole pillar ({"hcloud_lb": {...}, "hcloud": {...}?}); LabError if it is not."""
+    if not isinstance(pillar, dict) or not isinstance(pillar.get("hcloud_lb"), dict):
+        raise LabError("the lab takes a whole pillar: a mapping with an hcloud_lb mapping")
+    return copy.deepcopy(pillar)
+
+
+def _fd_limit():
+    """How many files the lab's processes (and so the nodes' haproxy) may open at most."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return float("inf") if hard == resource.RLIM_INFINITY else hard
+
+
+def _haproxy_fds(max_connections):
+    """The file limit haproxy sets itself for ``maxconn`` (2 per connection and a few)."""
+    return 2 * int(max_connections) + 100
+
+
+def _formula_default(key):
+    defaults = yaml.safe_load((REPO / "hcloud_lb" / "defaults.yaml").read_text())
+    return defaults["hcloud_lb"][key]
+
+
+def _ip(value):
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _wanted_floating_ips(settings):
+    """The floating IPs the pillar's groups name, each once (a group without one: none)."""
+    groups = settings.get("groups") if isinstance(settings, dict) else None
+    wanted, seen = [], set()
+    for group, entry in groups.items() if isinstance(groups, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        reference = entry.get("floating_ip")
+        if reference in (None, "") or isinstance(reference, bool):
+            continue
+        address = _ip(entry.get("address"))
+        if _ip(reference):
+            want = WantedIp(str(group), address=_ip(reference))
+            key = want.api_ip
+        elif str(reference).strip().isdigit():
+            want = WantedIp(str(group), id=int(str(reference).strip()), address=address)
+            key = want.id
+        else:
+            want = WantedIp(str(group), name=str(reference), address=address)
+            key = want.name
+        if key not in seen:
+            seen.add(key)
+            wanted.append(want)
+    return wanted
+
+
 def _failed_states(ret):
     """The comments of the states that did not succeed in a state.apply return."""
     if not isinstance(ret, dict):
         return [f"no state results: {ret!r}"[:2000]]
     return [s.get("comment") for s in ret.values() if isinstance(s, dict) and not s.get("result")]
-
-
-def _merge(base, overrides):
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
 
 
 def _free_port():

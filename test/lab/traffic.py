@@ -3,7 +3,7 @@ The lab client's traffic: steady requests, each on a new connection, and
 optionally one long-lived connection, logged as JSON lines.
 
     python3 traffic.py --url http://10.240.100.1/ [--url ...] [--interval 0.02]
-        [--timeout 1] [--hold 10.240.100.2:80] --out FILE
+        [--timeout 1] [--hold 10.240.100.2:80 | --hold [2001:db8::1]:80] --out FILE
 
 Every ``interval`` seconds a request starts to each URL (in its own thread, so a
 request hanging on a frozen node does not delay the next one) and, when it
@@ -50,6 +50,7 @@ def one_request(out, url, timeout):
 
 def hold_connection(out, target, stop):
     host, port = target.rsplit(":", 1)
+    host = host.strip("[]")  # an IPv6 address: [2001:db8::1]:80
     while not stop.is_set():
         try:
             with socket.create_connection((host, int(port)), timeout=2) as conn:

@@ -60,7 +60,7 @@ def lab(running_lab):
 @pytest.fixture
 def traffic(lab):
     """Steady requests to the http group and a connection held through the ws group."""
-    running = lab.start_traffic(groups=("http",), hold=True)
+    running = lab.start_traffic(groups=["http"], hold="ws")
     time.sleep(1)
     yield running
     running.stop()

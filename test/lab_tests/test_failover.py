@@ -6,6 +6,7 @@ and a client measuring what a user would see.
 """
 
 import contextlib
+import copy
 import datetime
 import subprocess
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_for
-from lab.lab import ALIAS_IP, BACKENDS, Lab, LabError
+from lab.lab import BACKENDS, Lab, LabError, default_pillar
 from lab.timeline import failover_report
 from lab_tests.conftest import PRIMARY, SECONDARY
 
@@ -37,6 +38,17 @@ def assert_none_failed_after_switch(lab, report):
     assert not report.failed_after_switch, "\n".join(
         [*report.lines(), str(report.failed_after_switch[:5]), lab.describe(logs=40)]
     )
+
+
+def changed(lab, **settings):
+    """The lab's pillar with some hcloud_lb settings changed (one level deep), a whole pillar."""
+    pillar = copy.deepcopy(lab.user_pillar)
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            pillar["hcloud_lb"].setdefault(key, {}).update(value)
+        else:
+            pillar["hcloud_lb"][key] = value
+    return pillar
 
 
 def hook_runs(lab, role, since_text="failover (notify_master) exited with"):
@@ -68,10 +80,11 @@ def test_haproxy_death_moves_both_groups_and_the_alias_ip_and_preemption_brings_
     # Both groups' floating IPs and the alias IP are routed to the new MASTER...
     assert lab.all_on(SECONDARY), lab.describe()
     # ... which holds the alias IP on its private interface, and answers on it.
-    assert ALIAS_IP in lab.nodes[SECONDARY].run("ip", "-o", "addr", "show", "ens10").stdout
-    assert ALIAS_IP not in lab.nodes[PRIMARY].run("ip", "-o", "addr", "show", "ens10").stdout
+    (alias_ip,) = lab.alias_ips
+    assert alias_ip in lab.nodes[SECONDARY].run("ip", "-o", "addr", "show", "ens10").stdout
+    assert alias_ip not in lab.nodes[PRIMARY].run("ip", "-o", "addr", "show", "ens10").stdout
     backend = next(iter(BACKENDS))
-    assert lab.backends[backend].run("ping", "-c", "1", "-W", "2", ALIAS_IP).returncode == 0
+    assert lab.backends[backend].run("ping", "-c", "1", "-W", "2", alias_ip).returncode == 0
     # The websockets group's held connection came back through the new node.
     assert wait_for(
         lambda: any(
@@ -108,7 +121,8 @@ def test_frozen_master_loses_its_addresses_and_takes_them_back_when_it_resumes(l
 
 
 def test_without_preemption_the_returning_master_stays_backup(lab, traffic):
-    lab.write_pillar({"vrrp": {"preempt": False}})
+    original = lab.user_pillar
+    lab.write_pillar(changed(lab, vrrp={"preempt": False}))
     try:
         lab.provision()
         assert "nopreempt" in lab.nodes[PRIMARY].read("/etc/keepalived/keepalived.conf")
@@ -120,7 +134,7 @@ def test_without_preemption_the_returning_master_stays_backup(lab, traffic):
         assert lab.master_node() == SECONDARY
         assert lab.all_on(SECONDARY), lab.describe()
     finally:
-        lab.write_pillar({})
+        lab.write_pillar(original)
         lab.provision()
 
 
@@ -207,7 +221,7 @@ def test_a_backup_that_loses_master_mid_failover_stands_down_and_the_addresses_s
     assert hook_runs(lab, SECONDARY)[-1].endswith("exited with 0")
     # lb1's notify_master found everything still on lb1, but lb2's moves under
     # way: it waited for them and took back what they moved.
-    waited = "waiting for assign_floating_ip of lab-http"
+    waited = f"waiting for assign_floating_ip of {lab.settings['groups']['http']['floating_ip']}"
     assert wait_for(lambda: waited in log_since(lab, PRIMARY, fault), 30), lab.describe()
     assert wait_for(lambda: lab.all_on(PRIMARY), 60), lab.describe()
     # And nothing pulls it away again.
@@ -256,7 +270,8 @@ def test_cut_vrrp_link_leaves_one_holder_and_bounded_api_calls(lab, traffic):
 
 def test_pillar_change_applied_by_highstate_while_traffic_flows(lab, traffic):
     start = time.time()
-    lab.write_pillar({"max_connections": 1900})
+    original = lab.user_pillar
+    lab.write_pillar(changed(lab, max_connections=1900))
     try:
         lab.provision()
         for node in lab.nodes.values():
@@ -268,7 +283,7 @@ def test_pillar_change_applied_by_highstate_while_traffic_flows(lab, traffic):
         events = held_connection_events(traffic, start)
         assert events and not [e for e in events if not e["ok"]], events
     finally:
-        lab.write_pillar({})
+        lab.write_pillar(original)
         lab.provision()
 
 
@@ -291,7 +306,9 @@ def test_masterless_lab_fails_over(lab_factory):
 
 def test_a_failed_start_leaves_nothing_behind():
     # A VRRP password keepalived cannot take: the highstate fails, up() raises.
-    lab = Lab(name="hltfail", pillar={"vrrp": {"password": "far-too-long"}})
+    pillar = default_pillar()
+    pillar["hcloud_lb"]["vrrp"]["password"] = "far-too-long"
+    lab = Lab(name="hltfail", pillar=pillar)
     with pytest.raises(LabError, match="vrrp:password"):
         lab.up()
     assert_nothing_left(lab)
