@@ -34,6 +34,7 @@ floating IP any address in its /64). A server or network by its name or ID.
 
 import collections
 import concurrent.futures
+import contextvars
 import functools
 import hashlib
 import inspect
@@ -55,10 +56,12 @@ try:
     from hcloud.locations import Location
     from hcloud.networks import Network
     from hcloud.servers import Server
+    from requests.adapters import HTTPAdapter
 
     HAS_HCLOUD = True
 except ImportError:
     HAS_HCLOUD = False
+    HTTPAdapter = object  # only subclassed below; the module does not load without hcloud
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ SECONDS_PATTERN = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 # The metadata service answers in milliseconds on Hetzner; off Hetzner the
 # address may black-hole, so give up quickly and fall back to the minion id.
 METADATA_TIMEOUT = 1.0
+# The least time a request gets when the deadline is (nearly) up: see _capped_timeout.
+REQUEST_TIMEOUT_FLOOR = 0.5
 # More parallel requests than this gain nothing (actions run server-side) and
 # would overflow requests' default connection pool.
 MAX_PARALLEL_REQUESTS = 8
@@ -371,12 +376,16 @@ def _trace_response(response, *args, **kwargs):
 
 def _instrument(client):
     """
-    Take over retries and observe responses.
+    Take over retries, bound request timeouts by the deadline, observe responses.
 
     hcloud-python retries some errors itself for up to minutes, which would
-    blow a failover's deadline; our own loop retries within it instead. Both
-    knobs are private attributes, so a library without them keeps working,
-    just without the response trace.
+    blow a failover's deadline; our own loop retries within it instead. It
+    sends every request with the one timeout the client was built with; the
+    session's transport cuts that to what the deadline leaves (the client is
+    cached and shared by calls with different deadlines, so the cut is made
+    per request, from the calling context). These knobs are private
+    attributes, so a library without them keeps working, just without the
+    trace and the cut.
     """
     base = getattr(client, "_client", None)
     if hasattr(base, "_retry_max_retries"):
@@ -384,6 +393,9 @@ def _instrument(client):
     session = getattr(base, "_session", None)
     if session is not None:
         session.hooks["response"].append(_trace_response)
+        adapter = _DeadlineAdapter()
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
 
 
 def _client():
@@ -433,15 +445,63 @@ def _is_transient(exc):
 
 
 class _Clock:
+    """
+    A call's deadline. While entered (``with clock:``) it also bounds every API
+    request the call sends, from this thread or from a worker thread started
+    in a copy of its context (``_run_steps``): see ``_capped_timeout``.
+    """
+
     def __init__(self, deadline):
         self.deadline = deadline
         self.start = time.monotonic()
+        self._running = None
 
     def elapsed(self):
         return time.monotonic() - self.start
 
     def remaining(self):
         return self.deadline - self.elapsed()
+
+    def __enter__(self):
+        self._running = _RUNNING_CLOCK.set(self)
+        return self
+
+    def __exit__(self, *exc_info):
+        _RUNNING_CLOCK.reset(self._running)
+
+
+# The clock of the call running in this context (None outside deadline-bound calls).
+_RUNNING_CLOCK = contextvars.ContextVar("hcloud_ip_running_clock", default=None)
+
+
+def _capped_timeout(timeout):
+    """
+    The timeout for a request sent now: ``timeout`` (hcloud:request_timeout,
+    from the client), cut to what the running call's deadline leaves, but
+    never below REQUEST_TIMEOUT_FLOOR.
+
+    Why cut: the timeout applies to each request on its own, so a request
+    sent 1 s before a failover's deadline could otherwise hang request_timeout
+    (5 s) past it, holding up keepalived's hook (and whoever waits for it)
+    while the deadline promised to be done. Why a floor: a request is still
+    sent with the deadline (nearly) up when its answer is needed (the last
+    read verifies the moves and is what the report says), a timeout near zero
+    would fail it even on a healthy API, and urllib3 refuses zero or less. So
+    a call ends at most about REQUEST_TIMEOUT_FLOOR past its deadline per
+    request it still needs then, not request_timeout.
+    """
+    clock = _RUNNING_CLOCK.get()
+    if clock is None or isinstance(timeout, tuple):
+        return timeout
+    left = max(REQUEST_TIMEOUT_FLOOR, clock.remaining())
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' HTTP transport, each request's timeout cut by ``_capped_timeout``."""
+
+    def send(self, request, timeout=None, **kwargs):
+        return super().send(request, timeout=_capped_timeout(timeout), **kwargs)
 
 
 def _backoff(attempt, clock):
@@ -522,7 +582,9 @@ def _find_floating_ip(floating_ips, ref):
 def _metadata_instance_id():
     endpoint = _string_option("metadata_endpoint", DEFAULT_METADATA_ENDPOINT).rstrip("/")
     try:
-        response = requests.get(f"{endpoint}/instance-id", timeout=METADATA_TIMEOUT)
+        response = requests.get(
+            f"{endpoint}/instance-id", timeout=_capped_timeout(METADATA_TIMEOUT)
+        )
         response.raise_for_status()
         return int(response.text.strip())
     except (requests.exceptions.RequestException, ValueError) as exc:
@@ -1052,8 +1114,10 @@ def _run_steps(steps, clock):
     """Send every step's request at once; return the started actions and the errors."""
     actions, errors = [], []
     with concurrent.futures.ThreadPoolExecutor(min(len(steps), MAX_PARALLEL_REQUESTS)) as pool:
+        # Each worker runs in a copy of this context, so its requests see the clock.
         futures = {
-            pool.submit(_with_correlation_id, step): (goal, what) for goal, what, step in steps
+            pool.submit(contextvars.copy_context().run, _with_correlation_id, step): (goal, what)
+            for goal, what, step in steps
         }
         for future in concurrent.futures.as_completed(futures):
             goal, what = futures[future]
@@ -1332,10 +1396,10 @@ def _move_one(ip, server, deadline, unassigning=False):
     ip = _ref(ip, "ip", A_FLOATING_IP)
     server = _ref(server, "server", A_SERVER, required=False)
     client = _client()
-    clock = _clock(deadline)
-    target = None if unassigning else _target_server(client, server, clock)
-    goal = _FloatingIPGoal(ip, target)
-    failures, snapshot = _converge(client, [goal], clock)
+    with _clock(deadline) as clock:
+        target = None if unassigning else _target_server(client, server, clock)
+        goal = _FloatingIPGoal(ip, target)
+        failures, snapshot = _converge(client, [goal], clock)
     if goal in failures:
         raise CommandExecutionError(failures[goal])
     outcome = goal.outcome(snapshot)
@@ -1407,12 +1471,12 @@ def alias_ips(network, ips=None, server=None, deadline=None):
     wanted = _split(ips, "ips")
     server = _ref(server, "server", A_SERVER, required=False)
     client = _client()
-    clock = _clock(deadline)
-    target = _target_server(client, server, clock)
-    if not wanted:
-        return _read_alias_ips(client, network, target)
-    goal = _AliasGoal(network, wanted, target)
-    failures, snapshot = _converge(client, [goal], clock)
+    with _clock(deadline) as clock:
+        target = _target_server(client, server, clock)
+        if not wanted:
+            return _read_alias_ips(client, network, target)
+        goal = _AliasGoal(network, wanted, target)
+        failures, snapshot = _converge(client, [goal], clock)
     if goal in failures:
         raise CommandExecutionError(failures[goal])
     outcome = goal.outcome(snapshot)
@@ -1525,7 +1589,8 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
     tell_master = _master_notifier()
     report = None
     try:
-        report = _fail_over(client, clock, addresses, peers=peers, left_master=left_master)
+        with clock:
+            report = _fail_over(client, clock, addresses, peers=peers, left_master=left_master)
     finally:
         tell_master(report)
     if not report["result"]:

@@ -7,10 +7,12 @@ import collections
 import concurrent.futures
 import re
 import socket
+import time
 
 import pytest
 from hcloud.servers import Server
 
+from _modules.hcloud_ip import REQUEST_TIMEOUT_FLOOR
 from helpers import wait_for
 
 pytestmark = pytest.mark.salt_call
@@ -618,6 +620,85 @@ def test_failover_times_out_a_hanging_request_and_retries(failover_node, cloud, 
     ret = failover_node.call("hcloud_ip.failover")
     assert ret.returncode == 0, ret.stdout + ret.stderr
     assert holder(cloud, fip["id"]) == master["id"]
+    # The emulator still carries out the hung assign when its latency is over:
+    # let that happen in this test, not in the next one's project.
+    assert wait_for(lambda: [r for r in cloud.requests() if r["fault"]], timeout=10)
+
+
+def api_requests(cloud, since=0):
+    return [r for r in cloud.requests() if r["path"].startswith("/v1/") and r["time"] >= since]
+
+
+# What salt-call may take, beyond the failover's deadline and the floor of the
+# last request's timeout, to print and exit.
+EXIT_MARGIN = 2.0
+
+
+def test_a_failover_whose_api_hangs_ends_at_its_deadline(failover_node, cloud, pair):
+    # Every API request hangs for longer than request_timeout. The first one,
+    # finding this node's server, may only wait for what the deadline leaves.
+    _, backup, fip = pair
+    failover = {"floating_ips": ["lb-http"], "deadline": 2}
+    failover_node.set_options(
+        {
+            **failover_node.options,
+            "server": "lb-master",
+            "request_timeout": 10,
+            "failover": failover,
+        }
+    )
+    cloud.add_fault("/*", count=100, latency=11)
+    started = time.time()
+    ret = failover_node.call("hcloud_ip.failover")
+    ended = time.time()
+    lines = [line for line in (ret.stdout + ret.stderr).splitlines() if line.strip()]
+    assert ret.returncode == 1, lines
+    assert lines == [
+        "Error running 'hcloud_ip.failover': finding this node's server: "
+        "the API did not answer in time (ReadTimeout)"
+    ]
+    # The emulator logs the hung request, with the time it came in, once it answers.
+    hung = wait_for(lambda: api_requests(cloud, since=started), timeout=20)
+    assert [(r["path"], r["query"]) for r in hung] == [("/v1/servers", "name=lb-master")], hung
+    assert ended - hung[0]["time"] < 2 + REQUEST_TIMEOUT_FLOOR + EXIT_MARGIN
+    assert holder(cloud, fip["id"]) == backup["id"]
+
+
+def test_a_request_sent_a_second_before_the_deadline_waits_only_that_second(
+    failover_node, cloud, pair
+):
+    # The first read takes 1.8 s of the 3 s deadline; lb-http's assign is
+    # quick, then the poll for its action hangs. It may wait the second or so
+    # left, not request_timeout's 10 s. The action completes meanwhile, and the
+    # read after the deadline (given REQUEST_TIMEOUT_FLOOR) still sees it.
+    master, _, fip = pair
+    failover = {"floating_ips": ["lb-http"], "deadline": 3}
+    failover_node.set_options(
+        {
+            **failover_node.options,
+            "server": "lb-master",
+            "request_timeout": 10,
+            "failover": failover,
+        }
+    )
+    cloud.add_fault("/floating_ips", count=1, method="GET", latency=1.8)
+    cloud.add_fault("/actions", count=100, method="GET", latency=11)
+    started = time.time()
+    ret = failover_node.call("-l", "warning", "hcloud_ip.failover")
+    ended = time.time()
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert ret.data["floating_ips"][f"lb-http ({fip['ip']})"]["moved"] is True
+    assert holder(cloud, fip["id"]) == master["id"]
+    assert "polling actions: the API did not answer in time (ReadTimeout)" in ret.stderr
+
+    def polls():
+        return [r for r in api_requests(cloud, since=started) if r["path"] == "/v1/actions"]
+
+    assert len(wait_for(polls, timeout=20)) == 1
+    first = min(api_requests(cloud, since=started), key=lambda r: r["time"])
+    left = 3 - (polls()[0]["time"] - first["time"])
+    assert 0.5 < left < 1.5, "the poll was not sent about a second before the deadline"
+    assert ended - first["time"] < 3 + REQUEST_TIMEOUT_FLOOR + EXIT_MARGIN
 
 
 def test_failover_waits_for_slow_actions(failover_node, cloud, pair):
@@ -668,10 +749,10 @@ def test_a_token_that_is_no_printable_ascii_is_one_line_never_showing_it(
     _, backup, fip = pair
     head, tail = cloud.token[:10], cloud.token[10:]
     failover_node.set_options({**failover_node.options, "token": head + bad + tail})
-    cloud.clear_requests()
+    started = time.time()
     ret = failover_node.call("hcloud_ip.failover")
     assert_refused(ret, "failover", message)
-    assert_refused_before_any_request(cloud, fip, backup)
+    assert_refused_before_any_request(cloud, fip, backup, since=started)
     # The node's log file takes every level.
     with open(failover_node.factory.config["log_file"], encoding="utf-8") as handle:
         logged = handle.read()
@@ -719,8 +800,8 @@ BAD_SECONDS = [
 ]
 
 
-def assert_refused_before_any_request(cloud, fip, backup):
-    assert [r for r in cloud.requests() if r["path"].startswith("/v1/")] == []
+def assert_refused_before_any_request(cloud, fip, backup, since):
+    assert api_requests(cloud, since) == []
     assert holder(cloud, fip["id"]) == backup["id"]
 
 
@@ -729,10 +810,10 @@ def test_a_failover_deadline_that_is_no_plain_positive_number_is_refused_in_one_
     failover_node, cloud, pair, value
 ):
     _, backup, fip = pair
-    cloud.clear_requests()
+    started = time.time()
     ret = failover_node.call("hcloud_ip.failover", f"deadline={value}")
     assert_refused(ret, "failover", "deadline must be a number of seconds greater than 0")
-    assert_refused_before_any_request(cloud, fip, backup)
+    assert_refused_before_any_request(cloud, fip, backup, since=started)
 
 
 @pytest.mark.parametrize(
@@ -740,10 +821,10 @@ def test_a_failover_deadline_that_is_no_plain_positive_number_is_refused_in_one_
 )
 def test_every_deadline_argument_is_checked_alike(failover_node, cloud, pair, call):
     _, backup, fip = pair
-    cloud.clear_requests()
+    started = time.time()
     ret = failover_node.call(f"hcloud_ip.{call[0]}", *call[1:], "deadline=inf")
     assert_refused(ret, call[0], "deadline must be a number of seconds greater than 0")
-    assert_refused_before_any_request(cloud, fip, backup)
+    assert_refused_before_any_request(cloud, fip, backup, since=started)
 
 
 # YAML in the minion config: floats inf and nan, strings, a bool, numbers <= 0.
@@ -773,10 +854,10 @@ def test_a_deadline_or_timeout_option_that_is_no_plain_positive_number_is_refuse
     else:
         options["failover"]["deadline"] = value
     failover_node.set_options(options)
-    cloud.clear_requests()
+    started = time.time()
     ret = failover_node.call("hcloud_ip.failover")
     assert_refused(ret, "failover", f"hcloud:{option} must be a number of seconds greater than 0")
-    assert_refused_before_any_request(cloud, fip, backup)
+    assert_refused_before_any_request(cloud, fip, backup, since=started)
 
 
 def test_a_deadline_of_a_plain_decimal_string_is_taken(failover_node, cloud, pair):
@@ -805,10 +886,10 @@ def test_a_deadline_of_a_plain_decimal_string_is_taken(failover_node, cloud, pai
 )
 def test_a_bad_argument_is_refused_in_one_line_naming_it(failover_node, cloud, pair, args, message):
     _, backup, fip = pair
-    cloud.clear_requests()
+    started = time.time()
     ret = failover_node.call(f"hcloud_ip.{args[0]}", *args[1:])
     assert_refused(ret, args[0], message)
-    assert_refused_before_any_request(cloud, fip, backup)
+    assert_refused_before_any_request(cloud, fip, backup, since=started)
 
 
 FAILOVER = {"floating_ips": ["lb-http"]}
@@ -831,10 +912,10 @@ def test_a_bad_option_is_refused_in_one_line_naming_it(
 ):
     _, backup, fip = pair
     failover_node.set_options({**failover_node.options, **setting})
-    cloud.clear_requests()
+    started = time.time()
     ret = failover_node.call("hcloud_ip.failover")
     assert_refused(ret, "failover", message)
-    assert_refused_before_any_request(cloud, fip, backup)
+    assert_refused_before_any_request(cloud, fip, backup, since=started)
 
 
 # ---------------------------------------------------------------- secrets

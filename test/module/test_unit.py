@@ -4,6 +4,8 @@ network. The behaviour users meet is tested through salt-call in
 test_salt_call.py; these pin down the rules that are hard to provoke there.
 """
 
+import socket
+import time
 from types import SimpleNamespace
 from unittest.mock import MagicMock
 
@@ -295,6 +297,60 @@ def test_an_unset_deadline_and_timeout_take_their_defaults(options):
     options["failover"] = {"deadline": None}
     assert hcloud_ip._clock(None).deadline == hcloud_ip.DEFAULT_DEADLINE
     assert hcloud_ip._request_timeout() == hcloud_ip.DEFAULT_REQUEST_TIMEOUT
+
+
+# ---------------------------------------------------------------- request timeouts
+
+
+def clock_with(remaining):
+    clock = hcloud_ip._Clock(30)
+    clock.start -= 30 - remaining
+    return clock
+
+
+@pytest.mark.parametrize(
+    ("remaining", "timeout"),
+    [(30, 5.0), (5, 5.0), (1.2, 1.2), (0.6, 0.6), (0.2, 0.5), (0, 0.5), (-3, 0.5)],
+)
+def test_a_request_waits_at_most_what_the_deadline_leaves_but_the_floor(remaining, timeout):
+    with clock_with(remaining):
+        assert hcloud_ip._capped_timeout(5.0) == pytest.approx(timeout, abs=0.01)
+    assert hcloud_ip._capped_timeout(5.0) == 5.0  # outside the call: request_timeout
+
+
+def test_a_request_without_a_timeout_still_ends_with_the_deadline():
+    with clock_with(2):
+        assert hcloud_ip._capped_timeout(None) == pytest.approx(2, abs=0.01)
+
+
+def test_the_parallel_requests_of_a_round_see_the_calls_deadline():
+    seen = []
+
+    def step():
+        seen.append(hcloud_ip._capped_timeout(5.0))
+        return SimpleNamespace(id=1)
+
+    with clock_with(2) as clock:
+        hcloud_ip._run_steps([(None, f"step {n}", step) for n in range(3)], clock)
+    assert seen == pytest.approx([2, 2, 2], abs=0.05)
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback port that accepts connections and never answers."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/v1"
+
+
+def test_the_clients_requests_end_with_the_deadline_not_request_timeout(options, silent_server):
+    options.update(api_endpoint=silent_server, request_timeout=5)
+    client = hcloud_ip._client()
+    start = time.monotonic()
+    with hcloud_ip._Clock(1), pytest.raises(requests.exceptions.ReadTimeout):
+        client.floating_ips.get_all()
+    assert time.monotonic() - start == pytest.approx(1, abs=0.3)
 
 
 def test_failover_refuses_alias_ips_that_are_not_a_mapping(options):
