@@ -38,7 +38,7 @@ def servers(draw, family):
     hosts = {
         "ipv4": st.integers(1, 250).map(lambda n: f"10.9.0.{n}"),
         "ipv6": st.integers(1, 9999).map(lambda n: f"2001:db8:9::{n:x}"),
-        "name": st.from_regex(r"[a-z][a-z0-9-]{0,8}\.example\.internal", fullmatch=True),
+        "name": st.from_regex(r"[a-z]([a-z0-9-]{0,7}[a-z0-9])?\.example\.internal", fullmatch=True),
     }
     keywords = st.lists(
         st.sampled_from(
