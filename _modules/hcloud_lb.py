@@ -139,7 +139,7 @@ SERVER_KEYWORDS = {
     "on-marked-down": "marked-down",
 }
 
-# Every key the formula knows, per mapping; "*" marks a mapping keyed by name.
+# Every key the formula knows, per mapping (entries of a mapping keyed by name by their kind).
 KNOWN = {
     "": {
         "lookup",
@@ -364,6 +364,18 @@ class _Errors(list):
         if address is None:
             self.add(key, f"{_shown(value)} is not an IP address (no padding, no scope id)")
         return address
+
+    def unique_ipv4(self, key, value, seen, owner, what):
+        """An IPv4 address no other entry has: recorded in ``seen`` as ``owner``'s."""
+        address = self.ip(key, value)
+        if address is None:
+            return
+        if address.version != 4:
+            self.add(key, f"{address} is not IPv4 ({what} are IPv4 here)")
+        elif address in seen:
+            self.add(key, f"{address} is also {seen[address]}'s")
+        else:
+            seen[address] = owner
 
     def path(self, key, value):
         return self.text(key, value, SAFE_PATH, "an absolute path of letters, digits and _.+-/")
@@ -662,16 +674,8 @@ def _check_nodes(errors, nodes, vrrp):
         if not node:
             continue
         errors.integer(f"{key}:priority", node.get("priority"), 1, 254)
-        address = errors.ip(f"{key}:address", node.get("address"))
-        if address is None:
-            continue
-        if address.version != 4:
-            # VRRPv2 is IPv4 only, and Hetzner's private networks are IPv4.
-            errors.add(f"{key}:address", f"{address} is not IPv4 (VRRP runs over IPv4 here)")
-        elif address in seen:
-            errors.add(f"{key}:address", f"{address} is also nodes:{seen[address]}'s")
-        else:
-            seen[address] = name
+        # VRRPv2 is IPv4 only, and Hetzner's private networks are IPv4.
+        errors.unique_ipv4(f"{key}:address", node.get("address"), seen, f"nodes:{name}", "VRRP")
     return seen
 
 
@@ -690,15 +694,7 @@ def _check_alias_ips(errors, alias_ips):
             errors.add(f"{key}:ips", "must list at least one IP")
             continue
         for ip in ips:
-            address = errors.ip(f"{key}:ips", ip)
-            if address is None:
-                continue
-            if address.version != 4:
-                errors.add(f"{key}:ips", f"{address} is not IPv4 (alias IPs are IPv4)")
-            elif address in aliases:
-                errors.add(f"{key}:ips", f"{address} is also {aliases[address]}'s")
-            else:
-                aliases[address] = key
+            errors.unique_ipv4(f"{key}:ips", ip, aliases, key, "alias IPs")
     return aliases
 
 
@@ -794,7 +790,7 @@ def _check_group_address(errors, key, group, seen):
             f"{key}:address", f"{address} is an alias IP ({aliases[address]}), not a floating IP"
         )
     if address in nodes:
-        errors.add(f"{key}:address", f"{address} is nodes:{nodes[address]}'s VRRP address")
+        errors.add(f"{key}:address", f"{address} is {nodes[address]}'s VRRP address")
     return address
 
 

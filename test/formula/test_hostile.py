@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from _modules import hcloud_lb
 from helpers import REPO
 
 from .conftest import http_get
@@ -391,20 +392,7 @@ def applied(deployed):
 def test_the_corpus_is_large_and_spans_every_key():
     assert len(CORPUS) >= 100
     named = {key.split(":")[1] if key.startswith("hcloud_lb:") else key for _o, key in CORPUS}
-    top = {
-        "lookup",
-        "name",
-        "max_connections",
-        "floating_ip_binding",
-        "public_interface",
-        "vrrp",
-        "nodes",
-        "groups",
-        "alias_ips",
-        "haproxy",
-        "hook",
-        "hcloud:token",
-    }
+    top = {*hcloud_lb.KNOWN[""], "hcloud:token"}
     assert top <= named, top - named
 
 
