@@ -1,16 +1,19 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
+# Needs only the lookup values: it works with the pillar gone or invalid.
 {%- set tplroot = tpldir.split('/')[0] %}
-{%- from tplroot ~ "/libvalidate.jinja" import errors, hcloud_lb with context %}
+{%- from tplroot ~ "/map.jinja" import hcloud_lb with context %}
+{%- set config_dir = hcloud_lb.lookup.hook_config_dir %}
+{#- The hook's directory is made with its parents; the formula's own parent
+    (/etc/hcloud_lb by default) goes too once it is empty. #}
+{%- set parent = config_dir.rstrip('/').rsplit('/', 1)[0] %}
 
 include:
-  - {{ tplroot }}.validate
   - {{ tplroot }}.keepalived.service.clean
-{%- if not errors %}
 
 the failover hook's config is removed:
   file.absent:
-    - name: {{ hcloud_lb.lookup.hook_config_dir }}
+    - name: {{ config_dir }}
     - require:
       - sls: {{ tplroot }}.keepalived.service.clean
 
@@ -19,4 +22,12 @@ the failover hook's cache is removed:
     - name: {{ hcloud_lb.lookup.hook_cache_dir }}
     - require:
       - sls: {{ tplroot }}.keepalived.service.clean
+{%- if parent.rsplit('/', 1)[-1] == 'hcloud_lb' %}
+
+the failover hook's parent directory is removed once empty:
+  cmd.run:
+    - name: rmdir {{ parent | quote }}
+    - onlyif: test -d {{ parent | quote }} && test -z "$(ls -A {{ parent | quote }})"
+    - require:
+      - file: the failover hook's config is removed
 {%- endif %}

@@ -1,13 +1,12 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
+# Needs only the lookup values: it works with the pillar gone or invalid.
 {%- set tplroot = tpldir.split('/')[0] %}
-{%- from tplroot ~ "/libvalidate.jinja" import errors, hcloud_lb with context %}
+{%- from tplroot ~ "/map.jinja" import hcloud_lb with context %}
 
 include:
-  - {{ tplroot }}.validate
   - {{ tplroot }}.keepalived.service.clean
   - {{ tplroot }}.haproxy.service.clean
-{%- if not errors %}
 
 haproxy and keepalived are removed:
   pkg.removed:
@@ -15,4 +14,3 @@ haproxy and keepalived are removed:
     - require:
       - sls: {{ tplroot }}.keepalived.service.clean
       - sls: {{ tplroot }}.haproxy.service.clean
-{%- endif %}
