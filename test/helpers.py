@@ -1,5 +1,6 @@
 """Paths and small helpers the tests, the demo and the benchmarks share."""
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -9,6 +10,23 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
+# A pillar of README.md's "Coming from a write-up": a YAML block after its mark.
+SEED_BLOCK = re.compile(r"<!-- seed (\d{3})(?: ([\w/.-]+))? -->\n```yaml\n(.*?)```", re.S)
+
+
+def readme_seeds():
+    """
+    The pillars README.md gives for the seeds (the write-ups users come
+    from): {seed: pillar} and, for a seed given as pillar files (``<!-- seed
+    NNN pillar/PATH -->``), {seed: {"pillar/PATH": text}}.
+    """
+    pillars, files = {}, {}
+    for seed, path, text in SEED_BLOCK.findall((REPO / "README.md").read_text()):
+        if path:
+            files.setdefault(seed, {})[path] = text
+        else:
+            pillars[seed] = yaml.safe_load(text)
+    return pillars, files
 
 
 def wait_for(predicate, timeout=15, interval=0.2):

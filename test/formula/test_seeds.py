@@ -5,29 +5,12 @@ for every node and checked by haproxy -c and keepalived -t, with what each
 write-up's reader would look for in the result.
 """
 
-import re
-
 import pytest
-import yaml
 
-from helpers import REPO
+from helpers import REPO, readme_seeds
 
 from .conftest import FormulaNode
 from .space import Renderer
-
-BLOCK = re.compile(r"<!-- seed (\d{3})(?: ([\w/.-]+))? -->\n```yaml\n(.*?)```", re.S)
-
-
-def readme_seeds():
-    """{seed: pillar} and, for a seed given as pillar files, {seed: {path: text}}."""
-    pillars, files = {}, {}
-    for seed, path, text in BLOCK.findall((REPO / "README.md").read_text()):
-        if path:
-            files.setdefault(seed, {})[path] = text
-        else:
-            pillars[seed] = yaml.safe_load(text)
-    return pillars, files
-
 
 PILLARS, FILES = readme_seeds()
 
