@@ -4,11 +4,13 @@ is not needed; use ``make lab-up`` / ``make lab-down``).
 
     python test/lab up [--profile default|fast] [--floating-ips N] [--masterless] [--name NAME]
     python test/lab up --pillar FILE [--masterless] [--name NAME]
+    python test/lab up --pillar-root DIR [--masterless] [--name NAME]
     python test/lab down [--name NAME]
 
 Without --pillar the lab's default pillar (lab.default_pillar), with the
 profile and number of floating IPs given; --pillar FILE is a whole pillar
-(YAML, with an hcloud_lb mapping) to build the project from and apply instead.
+(YAML, with an hcloud_lb mapping) to build the project from and apply instead;
+--pillar-root DIR a pillar tree (top.sls and SLS files), compiled by Salt.
 """
 
 import argparse
@@ -36,13 +38,18 @@ def main():
     )
     parser.add_argument("--floating-ips", type=int, default=2)
     parser.add_argument("--pillar", type=Path, help="a whole pillar (YAML) instead of the default")
+    parser.add_argument("--pillar-root", type=Path, help="a pillar tree (top.sls, SLS files)")
     args = parser.parse_args()
     try:
         if args.pillar:
             pillar = yaml.safe_load(args.pillar.read_text())
         else:
             pillar = default_pillar(profile=args.profile, floating_ips=args.floating_ips)
-        lab = Lab(name=args.name, masterless=args.masterless, pillar=pillar)
+        files = None
+        if args.pillar_root:
+            pillar, root = None, args.pillar_root
+            files = {str(f.relative_to(root)): f.read_text() for f in root.rglob("*.sls")}
+        lab = Lab(name=args.name, masterless=args.masterless, pillar=pillar, pillar_files=files)
         if args.command == "down":
             lab.down()
             return 0

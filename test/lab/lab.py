@@ -7,8 +7,8 @@ Hosts (network namespaces named ``<name>-<host>``):
 
     client  eth0 10.240.1.100, 2001:db8:1::100 ┐       ┌── be1 10.241.0.21 (HTTP :8080, lines :8081)
             ens10 10.241.0.30 ─────────────────┤cloud: ├── be2 10.241.0.22
-    lb1 eth0 10.240.1.x ───────────────────────┤router,├── lb1 ens10 10.241.0.11
-    lb2 eth0 10.240.1.y ───────────────────────┤API,   └── lb2 ens10 10.241.0.12
+    lb1 eth0 10.240.1.17 ──────────────────────┤router,├── lb1 ens10 10.241.0.11
+    lb2 eth0 10.240.1.18 ──────────────────────┤API,   └── lb2 ens10 10.241.0.12
                                                │metadata, salt-master
                 public 10.240.1.0/24                      private network 10.241.0.0/16
 
@@ -21,17 +21,31 @@ completes. Nothing is routed out of the lab: the namespaces have no link to
 this machine's network.
 
 The pillar is a whole one, as a user writes it (``{"hcloud_lb": {...}}``,
-``default_pillar()`` unless given), and the emulated project is built from
-it: every floating IP a group names (by name, ID or address, with the
-address the group binds), the private network (the one ``alias_ips`` names,
-else ``lab-private``) and the servers lb1 and lb2. The lab adds only what is
-its own (``pillar()``): the ``hcloud:`` token and endpoints (always its
-own), and, where the pillar leaves them out, ``lookup:salt_call``, the
-lookup's ``enable: false`` for haproxy and keepalived, and a VRRP password
-(unless ``vrrp:authentication`` is false). The nodes and their addresses are
-the lab's (``NODES``): a pillar names them under ``nodes:`` as a user names
-theirs. Everything the lab observes (holders, traffic, answers) follows the
-pillar's groups and addresses.
+``default_pillar()`` unless given), or a user's pillar tree
+(``pillar_files``: ``top.sls`` and SLS files, which Salt's pillar compiler
+merges: the lab's view is what it gives lb1, and lb2 must get the same). The
+emulated project is built from it: every floating IP a group names (by
+name, ID or address, with the address the group binds), the private network
+(the one ``alias_ips`` names, by name or ID, else ``lab-private``) and the
+servers lb1 and lb2. The pillar root holds the user's pillar as given (one
+``hcloud_lb.sls``, or the user's files); the lab adds only what is its own
+(``pillar()``), from an external pillar merged over it
+(``lab-pillar.yaml``): the ``hcloud:`` token and endpoints (always its own),
+and, where the pillar leaves them out, ``lookup:salt_call``, the lookup's
+``enable: false`` for haproxy and keepalived, and a VRRP password (unless
+``vrrp:authentication`` is false). The nodes and their addresses are the
+lab's (``NODES`` in the private network, ``PUBLIC_NODES`` on eth0): a
+pillar names them under ``nodes:`` as a user names theirs. Everything the
+lab observes (holders, traffic, answers) follows the pillar's groups and
+addresses.
+
+The backends serve what the pillar's balancers send them (``services()``):
+every port a backend server at a backend's address names, with a PROXY
+header where its options say ``send-proxy``/``send-proxy-v2``, and TLS where
+the balancer passes TLS through (``tcp`` on port 443, or ``option
+ssl-hello-chk``); a backend server on the loopback address (a web server on
+the load balancer itself) is served on each node. The client speaks HTTPS
+to a TLS balancer, verifying the backends' certificate (the lab's own).
 
 The load balancer nodes are hosts to the formula (nodeinit.py): their own
 /etc, /var, /run, /tmp, /dev, PIDs and hostname, so Debian's haproxy and
@@ -80,10 +94,14 @@ METADATA_IP = "169.254.169.254"
 API_PORT = 8080
 # The load balancer nodes (minion ids and server names) and their private addresses.
 NODES = {"lb1": "10.241.0.11", "lb2": "10.241.0.12"}
+# Their public addresses (eth0): the emulator hands out its pool's lowest free
+# address, and the lab creates lb1, then lb2 (it checks that they got these).
+PUBLIC_NODES = dict(zip(NODES, map(str, ipaddress.ip_network(SERVER_POOL).hosts()), strict=False))
 BACKENDS = {"be1": "10.241.0.21", "be2": "10.241.0.22"}
 # The client's leg in the private network, to reach internal load balancers (alias IPs).
 CLIENT_PRIVATE_IP = "10.241.0.30"
 HTTP_PORT, LINE_PORT = 8080, 8081
+LOOPBACK = ("127.0.0.1",)  # a backend server there is on the load balancer itself
 ACTION_DURATION = 0.5
 
 
@@ -271,6 +289,22 @@ class Group:
     moves: str | None  # the address the API moves for it: its floating IP or alias IP
     urls: list  # HTTP balancers in front of the backends' web service
     holds: list  # "host:port" of TCP balancers in front of the line echo
+    balancer_urls: dict = dataclasses.field(default_factory=dict)  # balancer name -> its URL
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    """What a backend port speaks: ``http`` or ``lines``, after a PROXY header (v1, v2), TLS."""
+
+    port: int
+    kind: str
+    proxy: str | None = None
+    tls: bool = False
+
+    def spec(self):
+        """As backend.py takes it: ``PORT=KIND[+proxy-v2][+tls]``."""
+        proxy = f"+proxy-{self.proxy}" if self.proxy else ""
+        return f"{self.port}={self.kind}{proxy}{'+tls' if self.tls else ''}"
 
 
 @dataclasses.dataclass
@@ -314,6 +348,7 @@ class Lab:
         *,
         workdir=None,
         pillar=None,
+        pillar_files=None,
         masterless=False,
         action_duration=ACTION_DURATION,
         say=print,
@@ -322,7 +357,13 @@ class Lab:
         self.workdir = Path(workdir or REPO / ".lab" / name)
         self.masterless = masterless
         self.action_duration = action_duration
-        self.user_pillar = _whole_pillar(default_pillar() if pillar is None else pillar)
+        if pillar is not None and pillar_files is not None:
+            raise LabError("the lab takes a whole pillar or pillar files, not both")
+        # A pillar tree is compiled when the lab is brought up: its view until then is none.
+        self.pillar_files = None if pillar_files is None else _pillar_files(pillar_files)
+        self.user_pillar = None
+        if self.pillar_files is None:
+            self.user_pillar = _whole_pillar(default_pillar() if pillar is None else pillar)
         self.vrrp_password = secrets.token_hex(4)
         self.say = say
         self.cloud = Host(self, "cloud")
@@ -354,12 +395,15 @@ class Lab:
         try:
             # Root only: the lab's token, pillar, logs and the nodes' files live here.
             self.workdir.mkdir(parents=True, mode=0o700)
+            if self.pillar_files is not None:
+                self._write_pillar_files()
             self._wire()
             self._start_cloud()
             self._build_project()
             self._start_backends()
             for node in self.nodes.values():
                 node.start()
+            self._start_local_backends()
             self._start_salt()
             self.provision()
             self.wait_steady()
@@ -376,7 +420,7 @@ class Lab:
         self.api = FakeCloud(f"http://127.0.0.1:{port}", self.token)
         for node in self.nodes.values():
             node.init_pid = int((node.root / "ready").read_text().split()[1])
-        self.user_pillar = yaml.safe_load((self.workdir / "pillar" / "hcloud_lb.sls").read_text())
+        self.user_pillar = yaml.safe_load((self.workdir / "user-pillar.yaml").read_text())
         servers = self._list("servers")
         self.servers = {s["name"]: s for s in servers if s["name"] in self.nodes}
         self._resolve()
@@ -603,6 +647,8 @@ class Lab:
             self.servers[role] = self.api.create_server(role)
             self.api.attach_server(self.servers[role]["id"], network["id"], ip=private)
             public = self.servers[role]["public_net"]["ipv4"]["ip"]
+            if public != PUBLIC_NODES[role]:
+                raise LabError(f"the emulator gave {role} {public}, not {PUBLIC_NODES[role]}")
             self._link(self.nodes[role], "eth0", f"pub-{role}", public, GATEWAY, ipv6=True)
             self._link(
                 self.nodes[role],
@@ -706,23 +752,55 @@ class Lab:
                 f"network ({PRIVATE_RANGE} on ens10)"
             )
         name = str(networks[0]) if networks else PRIVATE_NETWORK
-        wanted_id = int(name) if name.isdigit() else None
-        for _ in range(1000):
+        if not name.isdigit():
+            return self.api.create_network(name, ip_range=PRIVATE_RANGE, subnet=PRIVATE_SUBNET)
+        wanted = int(name)
+        with self._unmetered():
+            self._spend_ids(until=wanted - 1)
             network = self.api.create_network(
-                f"lab-new-{secrets.token_hex(4)}" if wanted_id else name,
-                ip_range=PRIVATE_RANGE,
-                subnet=PRIVATE_SUBNET,
+                f"lab-new-{secrets.token_hex(4)}", ip_range=PRIVATE_RANGE, subnet=PRIVATE_SUBNET
             )
-            if wanted_id is None:
-                return network
-            if network["id"] == wanted_id:
-                return self._call("PUT", f"/networks/{wanted_id}", {"name": PRIVATE_NETWORK})[
-                    "network"
-                ]
+        if network["id"] != wanted:
             self._call("DELETE", f"/networks/{network['id']}")
-            if network["id"] > wanted_id:
-                break
-        raise LabError(f"alias_ips:{name}: the lab cannot create a network with that ID")
+            raise LabError(
+                f"alias_ips:{name}: the lab cannot create a network with that ID (the "
+                f"emulator's IDs count up from 2, one counter for everything; it gave "
+                f"{network['id']})"
+            )
+        return self._call("PUT", f"/networks/{wanted}", {"name": PRIVATE_NETWORK})["network"]
+
+    @contextlib.contextmanager
+    def _unmetered(self):
+        """
+        Instant actions and no rate limit for the lab's own requests in the
+        block; afterwards the project's rate limit is where it was, as if
+        they had not been made.
+        """
+        response = self.api.api("GET", "/networks")
+        remaining = int(response.headers["RateLimit-Remaining"])
+        limit = self.api.configure()["rate_limit"]
+        self.api.configure(action_duration=0, rate_limit=10**9, rate_remaining=10**9)
+        try:
+            yield
+        finally:
+            self.api.configure(
+                action_duration=self.action_duration, rate_limit=limit, rate_remaining=remaining
+            )
+
+    def _spend_ids(self, until):
+        """
+        Use up the emulator's IDs (one counter for servers, networks, floating
+        IPs and actions) until the last one handed out is ``until``: a server
+        created and deleted spends several at once while far from it, a
+        network created and deleted spends one. From the cloud host, beside
+        the emulator: through the operator's bridge each request costs ~25 ms.
+        """
+        argv = ["/usr/bin/python3", "-c", SPEND_IDS, str(self.workdir / "token"), str(until)]
+        result = self.cloud.run(*argv, timeout=600)
+        if result.returncode != 0:
+            raise LabError(
+                f"the lab cannot spend the emulator's IDs up to {until}: {result.stderr}"
+            )
 
     def _alias_mapping(self):
         return isinstance(self.settings.get("alias_ips"), dict)
@@ -762,51 +840,114 @@ class Lab:
                     )
         elif address is not None and str(address) in self.alias_ips:
             moves = str(address)
-        urls, holds = [], []
+        urls, holds, balancer_urls = [], [], {}
         balancers = entry.get("balancers")
-        for balancer in balancers.values() if isinstance(balancers, dict) else ():
-            if not isinstance(balancer, dict) or address is None:
+        for bname, balancer in balancers.items() if isinstance(balancers, dict) else ():
+            served = _served(balancer)
+            if not served or address is None:
                 continue
-            servers = balancer.get("backend_servers")
-            ports = {
-                str(server.get("port"))
-                for server in (servers.values() if isinstance(servers, dict) else ())
-                if isinstance(server, dict)
-            }
+            (_where, service, passes_tls), *_ = served
             host = f"[{address}]" if address.version == 6 else str(address)
-            port = balancer.get("frontend_port")
-            if str(HTTP_PORT) in ports:
-                urls.append(f"http://{host}/" if str(port) == "80" else f"http://{host}:{port}/")
-            if str(LINE_PORT) in ports:
+            port = str(balancer.get("frontend_port"))
+            if service.kind == "lines":
                 holds.append(f"{host}:{port}")
-        return Group(name, str(address) if address else None, moves, urls, holds)
+                continue
+            scheme, default_port = ("https", "443") if passes_tls else ("http", "80")
+            url = f"{scheme}://{host}/" if port == default_port else f"{scheme}://{host}:{port}/"
+            urls.append(url)
+            balancer_urls[bname] = url
+        return Group(name, str(address) if address else None, moves, urls, holds, balancer_urls)
 
     # ---- backends, client ---------------------------------------------------------
 
     def _start_backends(self):
+        """be1 and be2: the lab's HTTP and line services, and what the pillar's balancers need."""
+        served = services(self.settings)
+        default = {HTTP_PORT: Service(HTTP_PORT, "http"), LINE_PORT: Service(LINE_PORT, "lines")}
+        specs = [service.spec() for service in {**default, **served["backends"]}.values()]
+        tls = self._certificate() if any(s.tls for v in served.values() for s in v.values()) else []
         for role, host in self.backends.items():
+            log = self.workdir / f"{role}.log"
             self.processes[role] = host.popen(
+                "/usr/bin/python3", str(LAB_DIR / "backend.py"), role, *tls, *specs, log=log
+            )
+        for role in self.backends:
+            self._wait_backend(role, self.workdir / f"{role}.log")
+
+    def _start_local_backends(self):
+        """What the pillar's backend servers on the loopback address need, on each node."""
+        served = services(self.settings)["local"]
+        if not served:
+            return
+        tls = self._certificate() if any(s.tls for s in served.values()) else []
+        specs = [service.spec() for service in served.values()]
+        for role, node in self.nodes.items():
+            log = self.workdir / f"{role}-local-backend.log"
+            self.processes[f"{role}-local"] = node.popen(
                 "/usr/bin/python3",
                 str(LAB_DIR / "backend.py"),
-                role,
-                str(HTTP_PORT),
-                str(LINE_PORT),
-                log=self.workdir / f"{role}.log",
+                role,  # its answers name the node: the client sees which one served it
+                "--address",
+                "127.0.0.1",
+                *tls,
+                *specs,
+                log=log,
             )
-        for role, address in BACKENDS.items():
-            _wait(
-                lambda a=address: self.http("cloud", f"http://{a}:{HTTP_PORT}/")[0],
-                20,
-                f"backend {role} did not answer",
+            self._wait_backend(f"{role}'s local backend", log)
+
+    def _wait_backend(self, what, log):
+        _wait(
+            lambda: log.exists() and "backend: ready" in log.read_text(),
+            20,
+            lambda: f"{what} did not start: " + (log.read_text() if log.exists() else "no log"),
+        )
+
+    @property
+    def certificate(self):
+        """The backends' self-signed certificate, which the client trusts."""
+        return self.workdir / "backend-cert.pem"
+
+    def _certificate(self):
+        """backend.py's options for TLS, made once: the certificate and its key."""
+        key = self.workdir / "backend-key.pem"
+        if not self.certificate.exists():
+            run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=lab-backend",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(self.certificate),
+                ]
             )
+        return ["--cert", str(self.certificate), "--key", str(key)]
 
     def http(self, role, url, timeout=3):
         """(ok, answer) of one GET from a lab host."""
         host = self._host(role)
+        # HTTPS: the backends' certificate is the lab's own, trusted as such
+        # (the name is not checked: it is for no address in particular).
+        context = "None"
+        if url.startswith("https:"):
+            context = f"ssl.create_default_context(cafile={str(self.certificate)!r})"
         code = (
-            "import urllib.request\n"
+            "import ssl, urllib.request\n"
             "try:\n"
-            f"    answer = urllib.request.urlopen({url!r}, timeout={timeout})\n"
+            f"    context = {context}\n"
+            "    if context:\n"
+            "        context.check_hostname = False\n"
+            f"    answer = urllib.request.urlopen({url!r}, timeout={timeout}, context=context)\n"
             "    print(answer.read().decode().strip())\n"
             "except Exception as exc:\n"
             "    print('ERROR', exc)\n"
@@ -859,26 +1000,85 @@ class Lab:
         ):
             # haproxy raises its file limit to what maxconn needs; this
             # machine's processes may not raise theirs (no CAP_SYS_RESOURCE).
-            settings["max_connections"] = (_fd_limit() - 100) // 2
+            settings["max_connections"] = max_connections_here(_formula_default("max_connections"))
         return pillar
 
-    def write_pillar(self, pillar=None):
+    def write_pillar(self, pillar=None, *, files=None):
         """
-        Give the nodes ``pillar`` (a whole one; default: the one the lab has);
-        apply it with ``provision()``. The project gets the floating IPs the
+        Give the nodes ``pillar`` (a whole one) or ``files`` (a pillar tree,
+        ``{path: text}`` with a ``top.sls``; default: what the lab has); apply
+        it with ``provision()``. The pillar root gets the user's pillar as
+        given, the lab's own part (``pillar()`` less the user's) goes to the
+        external pillar merged over it. The project gets the floating IPs the
         pillar names that it lacks, as a user creates them before naming them.
         """
+        if pillar is not None and files is not None:
+            raise LabError("the lab takes a whole pillar or pillar files, not both")
         if pillar is not None:
-            self.user_pillar = _whole_pillar(pillar)
+            self.pillar_files, self.user_pillar = None, _whole_pillar(pillar)
+        if files is not None:
+            self.pillar_files = _pillar_files(files)
+        if self.pillar_files is not None:
+            self._write_pillar_files()
+        else:
+            self._write_pillar_root({"top.sls": "base:\n  '*': [hcloud_lb]\n"})
+            path = self.workdir / "pillar" / "hcloud_lb.sls"
+            path.touch(mode=0o600)
+            path.write_text(yaml.safe_dump(self.user_pillar, sort_keys=False))
         if self.api is not None:
             self._create_floating_ips()
             self._resolve()
-        pillar_dir = self.workdir / "pillar"
-        pillar_dir.mkdir(mode=0o700, exist_ok=True)
-        (pillar_dir / "top.sls").write_text("base:\n  '*': [hcloud_lb]\n")
-        path = pillar_dir / "hcloud_lb.sls"
+        (self.workdir / "user-pillar.yaml").write_text(yaml.safe_dump(self.user_pillar))
+        path = self.workdir / "lab-pillar.yaml"
         path.touch(mode=0o600)
-        path.write_text(yaml.safe_dump(self.pillar(), sort_keys=False))
+        path.write_text(yaml.safe_dump(_additions(self.pillar(), self.user_pillar)))
+
+    def _write_pillar_root(self, files):
+        """The pillar root with nothing but ``files`` ({path: text}), each root-only."""
+        root = self.workdir / "pillar"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(mode=0o700)
+        for path, text in files.items():
+            target = root / path
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target.touch(mode=0o600)
+            target.write_text(text)
+
+    def _write_pillar_files(self):
+        """The user's pillar tree in the pillar root, and the lab's view of it: Salt's pillar."""
+        self._write_pillar_root(self.pillar_files)
+        self.user_pillar = self._compile_pillar()
+
+    def _compile_pillar(self):
+        """
+        What Salt's pillar compiler makes of the pillar root (the top file and
+        its SLS, merged as a master merges them) for lb1 and for lb2, with
+        each one's minion id (and no other grains): one pillar, the same for
+        both (the lab observes one), without the lab's own part.
+        """
+        config = self.workdir / "pillar-compiler"
+        config.mkdir(mode=0o700, exist_ok=True)
+        minion = {
+            "file_client": "local",
+            "pillar_roots": {"base": [str(self.workdir / "pillar")]},
+            "root_dir": str(config),
+            "log_file": str(config / "log"),
+        }
+        (config / "minion").write_text(yaml.safe_dump(minion))
+        argv = [str(VENV_BIN / "python"), "-c", COMPILE_PILLAR, str(config / "minion"), *NODES]
+        compiled = json.loads(run(argv).stdout)
+        for role, pillar in compiled.items():
+            if pillar.get("_errors"):
+                raise LabError(f"the pillar files do not compile for {role}: {pillar['_errors']}")
+        first, *others = compiled.values()
+        if any(other != first for other in others):
+            raise LabError(f"the pillar files give the nodes different pillars: {compiled}")
+        if not isinstance(first.get("hcloud_lb"), dict):
+            raise LabError(
+                f"the pillar files give {next(iter(NODES))} no hcloud_lb mapping: does the "
+                f"top file target the lab's nodes ({', '.join(NODES)})? It got {first}"
+            )
+        return _whole_pillar(first)
 
     def _start_salt(self):
         self.write_pillar()
@@ -901,6 +1101,7 @@ class Lab:
                     file_client="local",
                     file_roots=file_roots,
                     pillar_roots={"base": [str(self.workdir / "pillar")]},
+                    ext_pillar=self._ext_pillar(),
                 )
             else:
                 minion.update(master=GATEWAY, acceptance_wait_time=1, random_reauth_delay=0)
@@ -921,6 +1122,10 @@ class Lab:
                 "the minions did not answer the master",
             )
 
+    def _ext_pillar(self):
+        """The lab's own part of the pillar, merged over the user's (as a secret store's is)."""
+        return [{"cmd_yaml": f"cat {self.workdir / 'lab-pillar.yaml'}"}]
+
     def _start_master(self, file_roots):
         config_dir = self.workdir / "master"
         config_dir.mkdir(exist_ok=True)
@@ -930,6 +1135,7 @@ class Lab:
             "auto_accept": True,  # a lab of throwaway keys; production accepts keys by hand
             "file_roots": file_roots,
             "pillar_roots": {"base": [str(self.workdir / "pillar")]},
+            "ext_pillar": self._ext_pillar(),
             "log_file": "master.log",  # under root_dir
             "log_level_logfile": "info",
             "worker_threads": 2,
@@ -1142,6 +1348,8 @@ class Lab:
             raise LabError(f"no web balancer in {groups or 'any group'} to send requests to")
         for url in urls:
             argv += ["--url", url]
+        if any(url.startswith("https:") for url in urls):
+            argv += ["--cafile", str(self.certificate)]
         if hold:
             names = self.groups if hold is True else [hold]
             targets = [target for name in names for target in self.groups[name].holds]
@@ -1176,11 +1384,16 @@ class Lab:
         return bool(urls) and all(self.answers_through(records, role, since, url) for url in urls)
 
     def node_of(self, answer):
-        """The node a backend's answer came through ("be1 via 10.241.0.12" -> lb2)."""
-        for role, private in NODES.items():
-            if answer and answer.endswith(f"via {private}"):
-                return role
-        return None
+        """
+        The node a backend's answer came through: "be1 via 10.241.0.12 ..." ->
+        lb2, and "lb1 via 127.0.0.1" (a backend on the node itself) -> lb1.
+        """
+        words = answer.split() if isinstance(answer, str) else []
+        if len(words) < 3 or words[1] != "via":
+            return None
+        if words[0] in NODES and words[2] in LOOPBACK:
+            return words[0]
+        return next((role for role, private in NODES.items() if words[2] == private), None)
 
     def api_events(self, since_time=0.0):
         return [e for e in self.api.events()["events"] if e["time"] >= since_time]
@@ -1261,6 +1474,80 @@ def _whole_pillar(pillar):
     return copy.deepcopy(pillar)
 
 
+def _pillar_files(files):
+    """A copy of a pillar tree ({path: text}, with top.sls); LabError if it is not one."""
+    if not isinstance(files, dict) or "top.sls" not in files:
+        raise LabError("pillar files: a mapping {path: text} with a top.sls")
+    for path, text in files.items():
+        if Path(path).is_absolute() or ".." in Path(path).parts or not isinstance(text, str):
+            raise LabError(f"pillar files: {path!r} is not a relative path with a text")
+    return dict(files)
+
+
+def _additions(full, given):
+    """What ``full`` has that ``given`` lacks or has otherwise, mappings compared key by key."""
+    added = {}
+    for key, value in full.items():
+        if isinstance(value, dict) and isinstance(given.get(key), dict):
+            if inner := _additions(value, given[key]):
+                added[key] = inner
+        elif key not in given or given[key] != value:
+            added[key] = value
+    return added
+
+
+# Salt's pillar compiler, run with the lab's venv: argv is a minion config and the minion ids.
+COMPILE_PILLAR = """
+import json, sys
+import salt.config, salt.pillar
+opts = salt.config.minion_config(sys.argv[1])
+compiled = {}
+for minion in sys.argv[2:]:
+    opts["id"] = minion
+    compiled[minion] = salt.pillar.get_pillar(opts, {"id": minion}, minion).compile_pillar()
+print(json.dumps(compiled))
+"""
+
+
+# Spends the emulator's IDs up to argv[2] (see Lab._spend_ids); argv[1] is the token file.
+SPEND_IDS = f"""
+import http.client, json, secrets, sys, time
+token, until = open(sys.argv[1]).read().strip(), int(sys.argv[2])
+api = http.client.HTTPConnection("127.0.0.1", {API_PORT}, timeout=30)
+def call(method, path, body=None):
+    headers = {{"Authorization": "Bearer " + token, "Content-Type": "application/json"}}
+    api.request(method, "/v1" + path, json.dumps(body) if body else None, headers)
+    response = api.getresponse()
+    answer = response.read()
+    return response.status, json.loads(answer) if answer else {{}}
+def network():
+    status, answer = call("POST", "/networks", {{"name": "lab-id-" + secrets.token_hex(4),
+                                               "ip_range": "{PRIVATE_RANGE}"}})
+    assert status == 201, answer
+    call("DELETE", "/networks/%d" % answer["network"]["id"])
+    return answer["network"]["id"]
+def server():
+    status, answer = call("POST", "/servers", {{"name": "lab-id-" + secrets.token_hex(4),
+                                              "server_type": "cx22", "image": "debian-12"}})
+    assert status == 201, answer
+    for _ in range(100):
+        status, deleted = call("DELETE", "/servers/%d" % answer["server"]["id"])
+        if status != 423:  # locked: its create action is still running
+            break
+        time.sleep(0.01)
+    assert status == 200, deleted
+    return deleted["action"]["id"]
+last = network()
+while until - last > 10:
+    spent = server()
+    assert spent > last, (last, spent)
+    last = spent
+while last < until:
+    last = network()
+assert last == until, last
+"""
+
+
 def _fd_limit():
     """How many files the lab's processes (and so the nodes' haproxy) may open at most."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -1310,6 +1597,67 @@ def _wanted_floating_ips(settings):
             seen.add(key)
             wanted.append(want)
     return wanted
+
+
+def _served(balancer):
+    """
+    [(where, Service, passes_tls)] for a balancer's backend servers the lab
+    serves: ``where`` is "backends" (at a backend's address) or "local" (on
+    the loopback address: on each node); ``passes_tls``: the client speaks TLS
+    to the balancer, which passes it on (``tcp`` on port 443, or ``option
+    ssl-hello-chk``, haproxy's check that a server speaks TLS).
+    """
+    if not isinstance(balancer, dict) or not isinstance(balancer.get("backend_servers"), dict):
+        return []
+    options = balancer.get("options") if isinstance(balancer.get("options"), list) else []
+    passes_tls = balancer.get("mode", "tcp") == "tcp" and (
+        str(balancer.get("frontend_port")) == "443" or "ssl-hello-chk" in options
+    )
+    found = []
+    for server in balancer["backend_servers"].values():
+        if not isinstance(server, dict) or not str(server.get("port")).isdigit():
+            continue
+        host = str(server.get("host"))
+        where = "backends" if host in BACKENDS.values() else "local" if host in LOOPBACK else None
+        if where is None:
+            continue
+        words = str(server.get("options") or "").split()
+        proxy = "v2" if "send-proxy-v2" in words else "v1" if "send-proxy" in words else None
+        port = int(str(server["port"]))
+        kind = "lines" if port == LINE_PORT else "http"
+        found.append((where, Service(port, kind, proxy, passes_tls or "ssl" in words), passes_tls))
+    return found
+
+
+def services(settings):
+    """
+    What the pillar's balancers need served: {"backends": {port: Service},
+    "local": {port: Service}}, the backends' (both serve every port) and each
+    node's own (loopback). LabError if two balancers want different things of
+    one port.
+    """
+    wanted = {"backends": {}, "local": {}}
+    groups = settings.get("groups") if isinstance(settings, dict) else None
+    for group in groups.values() if isinstance(groups, dict) else ():
+        balancers = group.get("balancers") if isinstance(group, dict) else None
+        for balancer in balancers.values() if isinstance(balancers, dict) else ():
+            for where, service, _passes_tls in _served(balancer):
+                known = wanted[where].setdefault(service.port, service)
+                if known != service:
+                    raise LabError(
+                        f"port {service.port} of the {where}: one balancer wants "
+                        f"{known.spec()}, another {service.spec()}"
+                    )
+    return wanted
+
+
+def max_connections_here(wanted):
+    """
+    The most of ``wanted`` haproxy can have as ``maxconn`` on this machine:
+    it needs 2 files a connection and ~100 more, and the lab's processes
+    cannot raise their file limit (no CAP_SYS_RESOURCE).
+    """
+    return min(int(wanted), (_fd_limit() - 100) // 2)
 
 
 def _failed_states(ret):

@@ -2,15 +2,18 @@
 The lab client's traffic: steady requests, each on a new connection, and
 optionally one long-lived connection, logged as JSON lines.
 
-    python3 traffic.py --url http://10.240.100.1/ [--url ...] [--interval 0.02]
-        [--timeout 1] [--hold 10.240.100.2:80 | --hold [2001:db8::1]:80] --out FILE
+    python3 traffic.py --url http://10.240.100.1/ [--url https://...] [--interval 0.02]
+        [--timeout 1] [--hold 10.240.100.2:80 | --hold [2001:db8::1]:80]
+        [--cafile CERT] --out FILE
 
 Every ``interval`` seconds a request starts to each URL (in its own thread, so a
 request hanging on a frozen node does not delay the next one) and, when it
 ends, a line {"kind": "request", "url", "start", "end", "ok", "answer"|"error"}
-is written. With --hold, one TCP connection to the line service sends a line
-every 0.2 s and logs {"kind": "hold", "time", "ok", "error"?} for each echo
-and for the moment it breaks (then it reconnects). Runs until SIGTERM/SIGINT.
+is written. An https URL is asked over TLS, trusting --cafile (the lab's
+backends' certificate; its name is not checked). With --hold, one TCP
+connection to the line service sends a line every 0.2 s and logs {"kind":
+"hold", "time", "ok", "error"?} for each echo and for the moment it breaks
+(then it reconnects). Runs until SIGTERM/SIGINT.
 """
 
 import argparse
@@ -18,6 +21,7 @@ import http.client
 import json
 import signal
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -31,12 +35,17 @@ def log(out, record):
         out.flush()
 
 
-def one_request(out, url, timeout):
+def one_request(out, url, timeout, context):
     parts = urllib.parse.urlsplit(url)
     start = time.time()
     record = {"kind": "request", "url": url, "start": start}
     try:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                parts.hostname, parts.port or 443, timeout=timeout, context=context
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
         conn.request("GET", parts.path or "/", headers={"Connection": "close"})
         response = conn.getresponse()
         body = response.read().decode(errors="replace").strip()
@@ -94,8 +103,13 @@ def main():
     parser.add_argument("--interval", type=float, default=0.02)
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--hold")
+    parser.add_argument("--cafile")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    context = None
+    if args.cafile:
+        context = ssl.create_default_context(cafile=args.cafile)
+        context.check_hostname = False
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -109,7 +123,7 @@ def main():
         while not stop.is_set():
             for url in args.url:
                 threading.Thread(
-                    target=one_request, args=(out, url, args.timeout), daemon=True
+                    target=one_request, args=(out, url, args.timeout, context), daemon=True
                 ).start()
             next_start += args.interval
             stop.wait(max(0.0, next_start - time.monotonic()))
