@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from helpers import wait_for
 from lab.lab import NODES, Lab, line_balancer, web_balancer
 from lab_tests.test_failover import SWITCH_BOUND, assert_none_failed_after_switch, fail_over
 
@@ -135,6 +136,13 @@ def test_a_pillar_applied_by_highstate_fails_over_when_haproxy_dies(name):
     traffic = None
     try:
         lab.up()
+        if setup.pillar["hcloud_lb"]["vrrp"].get("preempt_delay"):
+            # Every node starts BACKUP: the lab may settle on lb2 before lb1
+            # takes over, preempt_delay later. The steady state is lb1's.
+            assert wait_for(lambda: lab.master_node() == LB1 and lab.all_on(LB1), 60), (
+                lab.describe()
+            )
+            lab.wait_steady()
         master = lab.master_node()
         other = next(role for role in lab.nodes if role != master)
         # What the pillar names is in the project, on the MASTER, and every
