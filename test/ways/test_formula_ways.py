@@ -394,15 +394,24 @@ def test_salt_ssh_validates_the_pillar_on_the_master_without_a_token_in_the_rost
     assert "hcloud:token: not set" not in ret.stdout, ret.stdout
     assert "keepalived's config is managed" in ret.data, ret  # high data, keyed by ID
     # hcloud_lb.validate and .node ran on the master (the wrapper): the target
-    # saw no hcloud_lb call, only the salt_call check, with the path alone.
+    # saw no hcloud_lb call, only the salt_call and interface checks, each
+    # with the path alone.
     on_target = commands_on_the_target(lb.way, start)
     assert on_target, "no command line logged: the check would prove nothing"
     assert not [r for r in on_target if "'hcloud_lb." in r], on_target
     checks = [r for r in on_target if "'cmd.retcode'" in r]
     assert checks, on_target
-    # lab_pillar's lookup:salt_call
-    expected = f"""'cmd.retcode', '["test", "-x", "{SALT_CALL}"]', 'python_shell=false', """
-    assert all(expected in r for r in checks), checks
+    # lab_pillar's lookup:salt_call and its interfaces
+    allowed = [
+        f"""'cmd.retcode', '["test", "{flag}", "{path}"]', 'python_shell=false', """
+        for flag, path in (
+            ("-x", SALT_CALL),
+            ("-e", "/sys/class/net/eth0"),
+            ("-e", "/sys/class/net/ens10"),
+        )
+    ]
+    assert any(allowed[0] in r for r in checks), checks
+    assert all(any(a in r for a in allowed) for r in checks), checks
 
 
 def template_imports(path, seen=None):

@@ -137,6 +137,7 @@ def test_salt_ssh_runs_hcloud_lb_validate_on_the_master_with_the_pillar(ways_ssh
         "address": "10.0.0.2",
         "peers": ["10.0.0.3"],
         "state": "MASTER",
+        "check_weight": 0,
         "outranked_by": [],
     }, node
 
@@ -147,17 +148,19 @@ def test_salt_ssh_runs_hcloud_lb_validate_on_the_master_with_the_pillar(ways_ssh
     assert any(p.startswith("hcloud:token: not set; the failover hook needs") for p in problems)
     assert [p for p in problems if p.startswith("hcloud_lb:lookup:salt_call: /nonexistent/")]
 
-    # What this validate ran on the target: the salt_call check, with the path alone.
+    # What this validate ran on the target: the salt_call check and the
+    # interface checks (the defaults' eth0), each with the path alone.
     on_target = [r for r in log_records(ssh_log, start) if "SALT_ARGV:" in r]
     assert on_target, f"{ssh_log}: no command line logged: the check would prove nothing"
     assert not [r for r in on_target if "'hcloud_lb." in r]
     checks = [r for r in on_target if "'cmd.retcode'" in r]
-    assert checks
-    assert all(
-        """'cmd.retcode', '["test", "-x", "/nonexistent/salt-call"]', """
-        "'python_shell=false', 'ignore_retcode=true']" in r
-        for r in checks
-    ), checks
+    allowed = [
+        f"""'cmd.retcode', '["test", "{flag}", "{path}"]', 'python_shell=false', """
+        "'ignore_retcode=true']"
+        for flag, path in (("-x", "/nonexistent/salt-call"), ("-e", "/sys/class/net/eth0"))
+    ]
+    assert any(allowed[0] in r for r in checks), checks
+    assert all(any(a in r for a in allowed) for r in checks), checks
 
 
 def test_salt_ssh_script_security_problems_looks_at_the_target(ways_ssh, tmp_path):
