@@ -403,13 +403,17 @@ def _settings(settings):
     """The given settings, or this minion's as the states see them (map.jinja's merge)."""
     if settings is not None:
         return settings
-    rendered = __salt__["slsutil.renderer"](
-        string='{%- from "hcloud_lb/map.jinja" import hcloud_lb with context %}'
-        "{{ hcloud_lb | json }}",
-        default_renderer="jinja|json",
-        sls="hcloud_lb.validate",
-    )
-    return rendered
+    try:
+        return __salt__["slsutil.renderer"](
+            string='{%- from "hcloud_lb/map.jinja" import hcloud_lb with context %}'
+            "{{ hcloud_lb | json }}",
+            default_renderer="jinja|json",
+            sls="hcloud_lb.validate",
+        )
+    except Exception:
+        # salt-ssh's wrapper cannot always read the formula's files on the
+        # master (TemplateNotFound): then the pillar as it is, as before.
+        return __salt__["pillar.get"]("hcloud_lb", {})
 
 
 def validate(settings=None):
