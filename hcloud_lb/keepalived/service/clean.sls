@@ -7,6 +7,7 @@
 {%- from tplroot ~ "/map.jinja" import hcloud_lb with context %}
 {%- set keepalived = hcloud_lb.lookup.keepalived %}
 {%- set run_dir = hcloud_lb.lookup.run_dir %}
+{%- set bin = keepalived.get('bin', '/usr/sbin/keepalived') %}
 
 keepalived is stopped and disabled:
   service.dead:
@@ -14,21 +15,31 @@ keepalived is stopped and disabled:
 {%- if keepalived.get('enable', true) %}
     - enable: false
 {%- endif %}
-    - sig: {{ keepalived.get('bin', '/usr/sbin/keepalived') }}
+    - sig: {{ bin }}
 
-{#- The notify script's re-assert loop outlives keepalived until its next tick,
-    and a failover hook it or notify_master started may still run (and write
-    into the run dir): end the loop, and wait for the hook's lock, so nothing
-    is left running or written after the run dir is removed. #}
-keepalived's re-assert loop and failover hook have ended:
+{#- Debian's init script stops keepalived without waiting for it to exit (an
+    apply right after would find it still running, and not start a new one),
+    the notify script's re-assert loop outlives it until its next tick, and a
+    failover hook it or notify_master started may still run (and write into
+    the run dir): wait for keepalived (its own pid file, which it removes on
+    exit), end the loop, and wait for the hook's lock, so nothing is left
+    running or written after the run dir is removed. #}
+keepalived has exited, with its re-assert loop and failover hook:
   cmd.run:
     - name: |-
+        i=0
+        while pid=$(cat /run/keepalived.pid 2>/dev/null) && [ "$(readlink /proc/"$pid"/exe)" = {{ bin | quote }} ]; do
+            [ $i -lt 100 ] || { echo "keepalived ($pid) still runs 10 s after it was stopped" >&2; exit 1; }
+            sleep 0.1
+            i=$((i + 1))
+        done
+        [ -d {{ run_dir | quote }} ] || exit 0
         pid=$(cat {{ run_dir | quote }}/reassert.pid 2>/dev/null)
         if [ -n "$pid" ] && grep -qa -e --reassert-loop /proc/"$pid"/cmdline 2>/dev/null; then
             kill "$pid"
         fi
         flock -w 90 {{ run_dir | quote }}/failover.lock true
-    - onlyif: test -d {{ run_dir | quote }}
+    - onlyif: test -d {{ run_dir | quote }} || test -e /run/keepalived.pid
     - require:
       - service: keepalived is stopped and disabled
 
@@ -36,4 +47,4 @@ keepalived's recorded state is removed:
   file.absent:
     - name: {{ run_dir }}
     - require:
-      - cmd: keepalived's re-assert loop and failover hook have ended
+      - cmd: keepalived has exited, with its re-assert loop and failover hook
