@@ -27,8 +27,8 @@ WATCHED = [
     "/etc/keepalived",
     "/etc/haproxy",
     "/etc/hcloud_lb",
-    "/var/cache/hcloud_lb",
-    "/run/hcloud_lb",
+    # Not the hook's cache and run dirs: the running load balancer's re-assert
+    # loop writes its salt-call cache and lock there every few seconds.
     "/etc/network/interfaces.d",
     "/etc/sysctl.d",
 ]

@@ -171,8 +171,8 @@ def test_the_applied_hook_moves_the_floating_ip_here(deployed, cloud):
 def test_a_config_haproxy_rejects_leaves_haproxy_serving(deployed, fakecloud_process):
     before = live_state()
     pillar = lab_pillar(fakecloud_process.cloud)
-    balancer = pillar["hcloud_lb"]["groups"]["web"]["balancers"]["http"]
-    balancer["options"] = ["no-such-haproxy-option"]
+    # Validation takes any well-formed user name; haproxy -c refuses one the node lacks.
+    pillar["hcloud_lb"]["lookup"]["haproxy"] = {"user": "no-such-haproxy-user"}
     deployed.set_pillar(pillar)
     try:
         ret = deployed.apply()

@@ -59,4 +59,8 @@ why haproxy failed to start or reload:
     - test_name: 'true'
     - onfail:
       - service: haproxy is running
+    # Not when the config was refused: the service state then fails for its
+    # requisite, the daemon is untouched, and it must stay so (no retry).
+    - require:
+      - file: haproxy's config is managed
 {%- endif %}

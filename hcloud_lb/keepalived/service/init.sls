@@ -65,4 +65,8 @@ why keepalived failed to start or reload:
     - test_name: 'true'
     - onfail:
       - service: keepalived is running
+    # Not when the config was refused: the service state then fails for its
+    # requisite, the daemon is untouched, and it must stay so (no retry).
+    - require:
+      - file: keepalived's config is managed
 {%- endif %}
