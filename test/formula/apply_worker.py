@@ -18,6 +18,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import salt.client
@@ -58,9 +59,34 @@ def differences(before, after):
     return found
 
 
+def settled(quiet=3.0, timeout=90.0):
+    """
+    The host once the load balancer's own start has finished: keepalived
+    MASTER, its hook run (addresses added, the hook's first salt-call
+    compiling its module), nothing changing for ``quiet`` seconds. Without
+    this the first cases would see the start's changes as theirs.
+    """
+    deadline = time.monotonic() + timeout
+    state = Path("/run/hcloud_lb/state")
+    while not (state.exists() and state.read_text().strip() == "MASTER"):
+        if time.monotonic() > deadline:
+            sys.exit("keepalived did not become MASTER")
+        time.sleep(0.2)
+    last, since = host(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            sys.exit(f"the host kept changing: {differences(last, host())}")
+        time.sleep(0.5)
+        now = host()
+        if differences(last, now):
+            last, since = now, time.monotonic()
+    return last
+
+
 def main(config):
     caller = salt.client.Caller(mopts=salt.config.minion_config(config))
     results = []
+    settled()
     for override in json.load(sys.stdin):
         before = host()
         ret = caller.sminion.functions["state.apply"]("hcloud_lb", pillar=override)
