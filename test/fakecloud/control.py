@@ -182,6 +182,9 @@ def handle(emulator, method, path, query, body):
     if key == ("PUT", "config"):
         with cloud.lock:
             return 200, {"config": apply_config(emulator, body)}
+    if key == ("POST", "populate"):
+        with cloud.lock:
+            return 201, cloud.populate(_count(body, "servers"), _count(body, "floating_ips"))
     if key == ("PUT", "metadata-sources"):
         return 200, {"metadata_sources": emulator.map_metadata_sources(body)}
     if key == ("GET", "events"):
@@ -194,6 +197,13 @@ def handle(emulator, method, path, query, body):
         with cloud.lock:
             return 200, cloud.dump()
     raise ApiError(404, "not_found", f"no control endpoint {method} /_fakecloud/{path}")
+
+
+def _count(body, name):
+    value = body.get(name, 0) if isinstance(body, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10000:
+        raise ApiError(400, "invalid_input", f"{name} must be an integer from 0 to 10000")
+    return value
 
 
 def _number(query, name, default):

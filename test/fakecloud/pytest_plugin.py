@@ -117,6 +117,12 @@ class FakeCloud:
     def state(self):
         return self._control("GET", "state")
 
+    def populate(self, servers=0, floating_ips=0):
+        """A crowd of other servers and floating IPs in the project (``Cloud.populate``)."""
+        return self._control(
+            "POST", "populate", json={"servers": servers, "floating_ips": floating_ips}
+        )
+
     def wait_idle(self, timeout=30):
         """Block until no action is running."""
         assert self._control("GET", "idle", timeout=timeout)["idle"], "actions still running"

@@ -191,7 +191,7 @@ class Cloud:
 
     # ---- servers -------------------------------------------------------------
 
-    def create_server(self, name, *, server_type, image, location, labels, networks):
+    def create_server(self, name, *, server_type, image, location, labels, networks, ipv4=None):
         self._check_unique_name(self.servers, name)
         dc = catalog.datacenter_of(location)
         server_id = self._new_id()
@@ -204,7 +204,7 @@ class Cloud:
             "public_net": {
                 "ipv4": {
                     "id": self._new_id(),
-                    "ip": self.server_ipv4.allocate(taken),
+                    "ip": ipv4 or self.server_ipv4.allocate(taken),
                     "blocked": False,
                     "dns_ptr": f"static.{server_id}.example.invalid",
                 },
@@ -248,6 +248,48 @@ class Cloud:
             "create_server", [("server", server_id)], ("server", server_id), boot
         )
         return server, action
+
+    def populate(self, servers, floating_ips):
+        """
+        A crowd beside the load balancer, as a real project holds: ``servers``
+        running servers (``crowd-N``) and ``floating_ips`` floating IPs, every
+        other one assigned to a crowd server. Created directly, without
+        actions, and addressed outside the pools (100.64.0.0/10, which no
+        lab routes), so the pools stay for what the tests create.
+        """
+        crowd = ipaddress.IPv4Network("100.64.0.0/10").hosts()
+        created = []
+        for _ in range(servers):
+            server, action = self.create_server(
+                f"crowd-{self.next_id + 1}",
+                server_type=catalog.find(catalog.SERVER_TYPES, "cx22"),
+                image=catalog.find(catalog.IMAGES, "debian-12"),
+                location=catalog.find(catalog.LOCATIONS, "nbg1"),
+                labels={"crowd": "true"},
+                networks=[],
+                ipv4=str(next(crowd)),
+            )
+            # Created long ago: running, and no create action still under way.
+            server["status"] = "running"
+            del self.actions[action["id"]]
+            created.append(server["id"])
+        for index in range(floating_ips):
+            fip_id = self._new_id()
+            self.floating_ips[fip_id] = {
+                "id": fip_id,
+                "name": f"crowd-ip-{fip_id}",
+                "description": None,
+                "ip": str(next(crowd)),
+                "type": "ipv4",
+                "server": created[index % len(created)] if created and index % 2 else None,
+                "dns_ptr": [],
+                "home_location": catalog.find(catalog.LOCATIONS, "nbg1"),
+                "blocked": False,
+                "protection": {"delete": False},
+                "labels": {"crowd": "true"},
+                "created": now_iso(),
+            }
+        return {"servers": len(created), "floating_ips": floating_ips}
 
     def render_server(self, server):
         shown = copy.deepcopy(server)
