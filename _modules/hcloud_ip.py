@@ -39,8 +39,11 @@ import functools
 import hashlib
 import inspect
 import ipaddress
+import itertools
+import json
 import logging
 import math
+import os
 import queue
 import random
 import re
@@ -53,6 +56,7 @@ try:
     import hcloud
     import requests
     from hcloud import APIException
+    from hcloud.floating_ips import FloatingIP
     from hcloud.locations import Location
     from hcloud.networks import Network
     from hcloud.servers import Server
@@ -579,6 +583,154 @@ def _find_floating_ip(floating_ips, ref):
     )
 
 
+class _Ids:
+    """
+    The IDs of what the failover names (floating IPs, networks, servers by
+    name, ID or address), kept in the file hcloud:failover:id_cache between
+    runs: a failover then reads nothing to know what to move, and no lookup
+    costs more in a project of a thousand servers than in an empty one. An
+    entry goes when the API says its ID is gone (``forget``), and
+    ``hcloud_ip.resolve`` checks every entry against the API. The file
+    belongs to one project: entries from another token or endpoint are
+    ignored.
+    """
+
+    def __init__(self, path, project):
+        self.path = path
+        self.project = project
+        self.entries = {}
+        self.lock = threading.Lock()  # goals are resolved in parallel
+        if path:
+            try:
+                with open(path, encoding="utf-8") as cache:
+                    stored = json.load(cache)
+                if isinstance(stored, dict) and stored.get("project") == project:
+                    self.entries = dict(stored.get("ids") or {})
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as exc:
+                log.warning("hcloud_ip: ignoring the ID cache %s: %s", path, exc)
+
+    def get(self, kind, ref):
+        with self.lock:
+            return self.entries.get(f"{kind}:{ref}")
+
+    def put(self, kind, ref, record):
+        with self.lock:
+            if self.entries.get(f"{kind}:{ref}") != record:
+                self.entries[f"{kind}:{ref}"] = record
+                self._save()
+
+    def forget(self, kind, ref):
+        with self.lock:
+            if self.entries.pop(f"{kind}:{ref}", None) is not None:
+                self._save()
+
+    def forget_kind(self, kind):
+        with self.lock:
+            gone = [key for key in self.entries if key.startswith(f"{kind}:")]
+            for key in gone:
+                del self.entries[key]
+            if gone:
+                self._save()
+
+    def _save(self):
+        """Write the file whole (a crash leaves the old one), root only like the hook's config."""
+        if not self.path:
+            return
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as cache:
+                json.dump({"project": self.project, "ids": self.entries}, cache, sort_keys=True)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("hcloud_ip: cannot write the ID cache %s: %s", self.path, exc)
+
+
+def _ids():
+    """This process's ID cache (the agent keeps it warm), one per project."""
+    endpoint = _string_option("api_endpoint", DEFAULT_API_ENDPOINT)
+    project = hashlib.sha256(f"{endpoint}\0{_token()}".encode()).hexdigest()[:16]
+    path = _failover_option("id_cache")
+    if path is not None and not isinstance(path, str):
+        raise CommandExecutionError(
+            f"hcloud:failover:id_cache must be a file's path, got {_shown(path)}"
+        )
+    cached = __context__.get("hcloud_ip.ids")
+    if cached is None or (cached.path, cached.project) != (path, project):
+        cached = __context__["hcloud_ip.ids"] = _Ids(path, project)
+    return cached
+
+
+def _is_address(ref):
+    try:
+        ipaddress.ip_address(ref)
+    except ValueError:
+        return False
+    return True
+
+
+def _look_up_floating_ip(client, ref):
+    """
+    The floating IP a name, ID or address names. By name or ID the API finds
+    it (one request); by address it cannot (it filters floating IPs by name
+    only), so that lists the project's floating IPs, once: the ID is cached.
+    """
+    if ref.isdigit():
+        try:
+            return client.floating_ips.get_by_id(int(ref))
+        except APIException as exc:
+            if exc.code != "not_found":
+                raise
+    if not _is_address(ref):
+        found = client.floating_ips.get_by_name(ref)
+        if found is not None:
+            return found
+    return _find_floating_ip(client.floating_ips.get_all(), ref)
+
+
+def _resolved_floating_ip(client, ref, ids, clock):
+    """A FloatingIP (id, name, ip) for ref, from the ID cache or looked up once."""
+    ref = str(ref).strip()
+    record = ids.get("floating_ip", ref)
+    if record is None:
+        fip = _retry(
+            f"looking up floating IP {ref!r}", lambda: _look_up_floating_ip(client, ref), clock
+        )
+        record = {"id": fip.id, "name": fip.name, "ip": fip.ip}
+        ids.put("floating_ip", ref, record)
+    return FloatingIP(id=record["id"], name=record["name"], ip=record["ip"])
+
+
+def _resolved_network(client, ref, ids, clock):
+    """A Network (id, name, ip_range) for ref, from the ID cache or looked up once."""
+    ref = str(ref).strip()
+    record = ids.get("network", ref)
+    if record is None:
+        net = _retry(
+            f"looking up network {ref!r}",
+            lambda: _by_name_or_id(client.networks, ref, "network"),
+            clock,
+        )
+        record = {"id": net.id, "name": net.name, "ip_range": net.ip_range}
+        ids.put("network", ref, record)
+    return Network(id=record["id"], name=record["name"], ip_range=record["ip_range"])
+
+
+def _resolved_server(client, ref, ids, clock, what="server"):
+    """A Server (id, name) for a name or ID, from the ID cache or looked up once."""
+    ref = str(ref).strip()
+    record = ids.get("server", ref)
+    if record is None:
+        server = _retry(
+            f"looking up {what} {ref!r}", lambda: _by_name_or_id(client.servers, ref, what), clock
+        )
+        record = {"id": server.id, "name": server.name}
+        ids.put("server", ref, record)
+    return Server(id=record["id"], name=record["name"])
+
+
 def _metadata_instance_id():
     endpoint = _string_option("metadata_endpoint", DEFAULT_METADATA_ENDPOINT).rstrip("/")
     try:
@@ -708,6 +860,71 @@ def server_info(server=None):
     """
     server = _ref(server, "server", A_SERVER, required=False)
     return _describe_server(_target_server(_client(), server))
+
+
+@_arguments_checked
+def resolve():
+    """
+    Look up and cache the IDs of what the failover names: this node's
+    server, its peers (hcloud:failover:peers), the floating IPs and networks
+    of hcloud:failover, in the file hcloud:failover:id_cache. A failover then
+    reads nothing to know what to move, and its first read is this node's
+    server. Every entry already cached is checked against the API first (one
+    request each, by ID), and one that is gone or renamed is looked up
+    again. The formula runs this after writing the hook's config.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call hcloud_ip.resolve
+    """
+    fip_refs, alias_map = _failover_addresses(None, None)
+    client = _client()
+    ids = _ids()
+    with _clock(None) as clock:
+        _check_cached_ids(client, ids, clock)
+        me = _this_server_ref(client, ids, clock)
+        peers = _peer_ids(client, ids, clock)
+        fips = {ref: _resolved_floating_ip(client, ref, ids, clock).id for ref in fip_refs}
+        networks = {ref: _resolved_network(client, ref, ids, clock).id for ref in alias_map}
+    return {"server": me.id, "peers": peers, "floating_ips": fips, "networks": networks}
+
+
+def _check_cached_ids(client, ids, clock):
+    """Forget each cached entry whose ID is gone or no longer answers to its name."""
+    readers = {
+        "floating_ip": client.floating_ips.get_by_id,
+        "network": client.networks.get_by_id,
+        "server": client.servers.get_by_id,
+    }
+    for key, record in dict(ids.entries).items():
+        kind, _, ref = key.partition(":")
+        if kind not in readers or not isinstance(record, dict) or "id" not in record:
+            ids.forget(kind, ref)
+            continue
+        try:
+            found = _retry(
+                f"checking {kind} {ref!r}", lambda k=kind, r=record: readers[k](r["id"]), clock
+            )
+        except CommandExecutionError as exc:
+            if "not_found" not in str(exc):
+                raise
+            found = None
+        if found is None or not _still_named(kind, ref, found):
+            log.info(
+                "hcloud_ip: %s %r is no longer ID %s: looking it up again", kind, ref, record["id"]
+            )
+            ids.forget(kind, ref)
+
+
+def _still_named(kind, ref, found):
+    if kind == "floating_ip":
+        return _floating_ip_matches(found, ref)
+    if kind == "server" and ref.startswith("instance-id "):
+        return True
+    name = ref.removeprefix("minion ")
+    return name in (str(found.id), found.name)
 
 
 @_arguments_checked
@@ -848,35 +1065,119 @@ class _ActionFailed(Exception):
     """An action the API accepted ended in status error; worth another round."""
 
 
-class _Snapshot:
-    """One read of the project's floating IPs and servers, taken each round."""
+class _ServerGone(CommandExecutionError):
+    """A server read by its (cached) ID is gone."""
 
-    def __init__(self, client):
-        self.floating_ips = client.floating_ips.get_all()
-        self.servers = client.servers.get_all()
-        self.names = {server.id: server.name for server in self.servers}
+
+class _Snapshot:
+    """
+    One read of where the goals' addresses are, taken each round.
+
+    It reads the servers that may hold them, never the project: the target
+    server at once (its floating IP IDs and alias IPs say what is here), and
+    the load balancer's other nodes (hcloud:failover:peers) only when
+    something is not here and who holds it matters (``complete``). So a
+    round that finds everything here costs one request, and no round costs
+    more in a project of a thousand servers than in an empty one. Without
+    peers (the module's own functions), or for an alias IP that a server
+    outside the load balancer holds (``wide``), ``complete`` reads every
+    server instead. Floating IPs in ``fip_ids`` are read themselves (a move
+    to a server other than the target's peers, or off every server).
+    """
+
+    def __init__(self, client, clock, target_id, *, peer_ids=None, wide=False, fip_ids=()):
+        self._client = client
+        self._clock = clock
+        self._peer_ids = peer_ids
+        self._wide = wide or peer_ids is None
+        self.target_id = target_id
+        self.servers = {}
+        self.fips = {}
+        self.completed = False
+        self.names = {}
+        reads = [lambda fid=fid: self._read_floating_ip(fid) for fid in fip_ids]
+        if wide:
+            reads.append(self._read_all_servers)
+            self.completed = True
+        elif target_id is not None:
+            reads.append(lambda: self._read_server(target_id))
+        _read_in_parallel(reads, clock)
+
+    def _read_server(self, server_id):
+        def read():
+            try:
+                return self._client.servers.get_by_id(server_id)
+            except APIException as exc:
+                if exc.code == "not_found":
+                    message = f"server {server_id} is not in this project (any more)"
+                    raise _ServerGone(message) from None
+                raise
+
+        server = _retry(f"reading server {server_id}", read, self._clock)
+        self.servers[server.id] = server
+        self.names[server.id] = server.name
+
+    def _read_all_servers(self):
+        for server in _retry("reading servers", self._client.servers.get_all, self._clock):
+            self.servers[server.id] = server
+            self.names[server.id] = server.name
+
+    def _read_floating_ip(self, fip_id):
+        self.fips[fip_id] = _retry(
+            f"reading floating IP {fip_id}",
+            lambda: self._client.floating_ips.get_by_id(fip_id),
+            self._clock,
+        )
+
+    def complete(self):
+        """Read the servers besides the target that may hold the addresses (once per round)."""
+        if self.completed:
+            return
+        self.completed = True
+        if self._wide:
+            self._read_all_servers()
+        else:
+            unread = [pid for pid in self._peer_ids if pid not in self.servers]
+            _read_in_parallel(
+                [lambda pid=pid: self._read_server(pid) for pid in unread], self._clock
+            )
+
+    def holds(self, server_id, fip_id):
+        """Whether a server read this round holds the floating IP (False when unread)."""
+        if fip_id in self.fips:
+            held_by = self.fips[fip_id].server
+            return (held_by.id if held_by else None) == server_id
+        server = self.servers.get(server_id)
+        return server is not None and fip_id in {f.id for f in server.public_net.floating_ips or []}
 
     def floating_ip_holder(self, fip_id):
-        for fip in self.floating_ips:
-            if fip.id == fip_id:
-                return fip.server.id if fip.server else None
-        raise CommandExecutionError(f"floating IP {fip_id} disappeared")
+        """The ID of the server holding the floating IP; None for none (or none we read)."""
+        if fip_id in self.fips:
+            return self.fips[fip_id].server.id if self.fips[fip_id].server else None
+        if self.holds(self.target_id, fip_id):
+            return self.target_id
+        self.complete()
+        return next((sid for sid in self.servers if self.holds(sid, fip_id)), None)
 
     def aliases(self, server_id, network_id):
         """The server's alias IPs in the network, or None if it is not attached."""
-        for server in self.servers:
-            if server.id == server_id:
-                private = server.private_net_for(Network(id=network_id))
-                return list(private.alias_ips or []) if private else None
-        return None
+        if server_id not in self.servers:
+            self.complete()
+        server = self.servers.get(server_id)
+        private = server.private_net_for(Network(id=network_id)) if server else None
+        return list(private.alias_ips or []) if private else None
 
     def alias_holders(self, network_id, ips):
         """{server_id: all its aliases} for the servers holding any of ips in the network."""
+        mine = self.aliases(self.target_id, network_id) or []
+        if self.target_id is not None and set(ips) <= set(mine):
+            return {self.target_id: mine}
+        self.complete()
         holders = {}
-        for server in self.servers:
-            aliases = self.aliases(server.id, network_id) or []
+        for server_id in self.servers:
+            aliases = self.aliases(server_id, network_id) or []
             if set(aliases) & set(ips):
-                holders[server.id] = aliases
+                holders[server_id] = aliases
         return holders
 
     def server_ref(self, server_id):
@@ -887,6 +1188,18 @@ class _Snapshot:
     def is_one_of(self, server_id, refs):
         """Whether refs name the server, by name or ID."""
         return server_id is not None and bool({str(server_id), self.names.get(server_id)} & refs)
+
+
+def _read_in_parallel(reads, clock):
+    """Run reads (each retried by itself) at once, in copies of this context: one round trip."""
+    if len(reads) <= 1:
+        for read in reads:
+            read()
+        return
+    with concurrent.futures.ThreadPoolExecutor(min(len(reads), MAX_PARALLEL_REQUESTS)) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, read) for read in reads]
+        for future in futures:
+            future.result()
 
 
 class _OutrankingPeers:
@@ -913,6 +1226,12 @@ class _OutrankingPeers:
 
     def notice(self, goals, snapshot):
         """Find the peer acting as MASTER by this read, if any (see the class)."""
+        if not self.refs or not (self.reassert or any(goal.moved for goal in goals)):
+            # Nothing to find: no peer outranks this node, or (notify_master)
+            # none can have taken back what this run has not moved yet. So
+            # the first round moves after one read, of this node's server.
+            self.acting = None
+            return
         self.acting = next(
             (
                 holder
@@ -933,13 +1252,30 @@ class _Goal:
         self.target_name = target.name if target else None
         self.peers = peers or _OutrankingPeers()
         self.seen = collections.defaultdict(set)  # address -> its holders during this run
+        self.initial = None  # {address: holder ID} by the run's first read
+        self.names = {}  # server ID -> name, of every server read during this run
         self.moved = False
         self.stood_down = None
+        self.wide = False  # an address held outside the load balancer: read every server
 
     def observe(self, snapshot):
         """Remember who holds each address by this read (see ``took_back``)."""
-        for ip, holder in self.holder_ids(snapshot).items():
+        holders = self.holder_ids(snapshot)
+        self.names.update(snapshot.names)
+        if self.initial is None:
+            self.initial = holders
+        for ip, holder in holders.items():
             self.seen[ip].add(holder)
+        self.target_name = self.names.get(self.target_id, self.target_name)
+
+    def server_ref(self, server_id, snapshot):
+        """{id, name} of a server; its name read with the others if no read so far had it."""
+        if server_id is None:
+            return None
+        if server_id not in self.names:
+            snapshot.complete()
+            self.names.update(snapshot.names)
+        return {"id": server_id, "name": self.names.get(server_id)}
 
     def took_back(self, ip, holder):
         """Whether holder took ip during this run, one that has moved this goal's addresses."""
@@ -958,50 +1294,61 @@ class _FloatingIPGoal(_Goal):
 
     kind = "floating_ip"
 
-    def __init__(self, ref, target, peers=None):
+    def __init__(self, ref, target, peers=None, read_itself=False):
         super().__init__(target, peers)
         self.ref = ref
         self.fip = None
-        self.initial_holder = None
+        # Read the floating IP itself each round: it may be on any server.
+        self.read_itself = read_itself
 
     @property
     def label(self):
         return f"{self.fip.name} ({self.fip.ip})" if self.fip else str(self.ref)
 
-    def resolve(self, snapshot, client):
-        self.fip = _find_floating_ip(snapshot.floating_ips, self.ref)
-        self.initial_holder = snapshot.floating_ip_holder(self.fip.id)
+    def resolve(self, snapshot, client, ids, clock):
+        self.fip = _resolved_floating_ip(client, self.ref, ids, clock)
+
+    def forget(self, ids):
+        ids.forget("floating_ip", str(self.ref).strip())
+        self.fip = None
 
     def holder_ids(self, snapshot):
         return {self.fip.ip: snapshot.floating_ip_holder(self.fip.id)}
 
+    def here(self, snapshot):
+        return snapshot.holds(self.target_id, self.fip.id) or (
+            self.target_id is None and snapshot.floating_ip_holder(self.fip.id) is None
+        )
+
     def yielded(self, snapshot):
         """{address: holder's name, None for no server} when it is left to a peer."""
+        if self.peers.acting is None or self.here(snapshot):
+            return {}
         holder = snapshot.floating_ip_holder(self.fip.id)
-        if self.leaves(holder):
-            return {self.fip.ip: snapshot.names.get(holder)}
-        return {}
+        return {self.fip.ip: snapshot.names.get(holder)} if self.leaves(holder) else {}
 
     def steps(self, snapshot, client):
-        if snapshot.floating_ip_holder(self.fip.id) == self.target_id or self.yielded(snapshot):
+        if self.here(snapshot) or self.yielded(snapshot):
             return []
+        fip = self.fip
         if self.target_id is None:
-            return [(f"unassign {self.label}", lambda: client.floating_ips.unassign(self.fip))]
+            return [(f"unassign {self.label}", lambda: client.floating_ips.unassign(fip))]
         target = Server(id=self.target_id)
         return [
             (
-                f"assign {self.label} to {self.target_name}",
-                lambda: client.floating_ips.assign(self.fip, target),
+                f"assign {self.label} to {self.target_name or self.target_id}",
+                lambda: client.floating_ips.assign(fip, target),
             )
         ]
 
     def outcome(self, snapshot):
         if self.fip is None:
             return {"ip": str(self.ref)}
+        self.names.update(snapshot.names)
         return {
             "ip": self.fip.ip,
-            "from": snapshot.server_ref(self.initial_holder),
-            "to": snapshot.server_ref(snapshot.floating_ip_holder(self.fip.id)),
+            "from": self.server_ref((self.initial or {}).get(self.fip.ip), snapshot),
+            "to": self.server_ref(snapshot.floating_ip_holder(self.fip.id), snapshot),
         }
 
 
@@ -1018,29 +1365,37 @@ class _AliasGoal(_Goal):
         self.network_ref = network_ref
         self.ips = ips
         self.network = None
-        self.initial = None
 
     @property
     def label(self):
         name = self.network.name if self.network else self.network_ref
         return f"{', '.join(self.ips)} in {name}"
 
-    def resolve(self, snapshot, client):
-        self.network = _by_name_or_id(client.networks, self.network_ref, "network")
+    def resolve(self, snapshot, client, ids, clock):
+        self.network = _resolved_network(client, self.network_ref, ids, clock)
+        if snapshot.aliases(self.target_id, self.network.id) is None:
+            # Maybe the cached ID is of a network since deleted and made anew
+            # under its name: look it up before saying the server is not in it.
+            self.forget(ids)
+            self.network = _resolved_network(client, self.network_ref, ids, clock)
         for ip in self.ips:
             _validate_alias_ip(ip, self.network)
         if snapshot.aliases(self.target_id, self.network.id) is None:
+            name = snapshot.names.get(self.target_id, self.target_name)
             raise CommandExecutionError(
-                f"server {self.target_name} is not attached to network {self.network.name}"
+                f"server {name} is not attached to network {self.network.name}"
             )
-        self.initial = self._holders(snapshot)
 
-    def _holders(self, snapshot):
+    def forget(self, ids):
+        ids.forget("network", str(self.network_ref).strip())
+        self.network = None
+
+    def _holders(self, snapshot, holder_ids=None):
         """{ip: name of the server holding it} for our IPs that a server holds."""
+        holder_ids = self.holder_ids(snapshot) if holder_ids is None else holder_ids
+        self.names.update(snapshot.names)
         return {
-            ip: snapshot.names.get(holder)
-            for ip, holder in self.holder_ids(snapshot).items()
-            if holder is not None
+            ip: self.names.get(holder) for ip, holder in holder_ids.items() if holder is not None
         }
 
     def holder_ids(self, snapshot):
@@ -1052,6 +1407,8 @@ class _AliasGoal(_Goal):
 
     def yielded(self, snapshot):
         """{alias IP: holder's name, None for no server} for ours left to a peer."""
+        if self.peers.acting is None:
+            return {}
         return {
             ip: snapshot.names.get(holder)
             for ip, holder in self.holder_ids(snapshot).items()
@@ -1068,7 +1425,7 @@ class _AliasGoal(_Goal):
             # so the others let go first and we claim in the next round.
             return [
                 (
-                    f"release {self.label} from {snapshot.names.get(server_id)}",
+                    f"release {self.label} from {snapshot.names.get(server_id, server_id)}",
                     self._change(client, server_id, [ip for ip in aliases if ip not in wanted]),
                 )
                 for server_id, aliases in others.items()
@@ -1079,7 +1436,7 @@ class _AliasGoal(_Goal):
             return []
         return [
             (
-                f"claim {self.label} on {self.target_name}",
+                f"claim {self.label} on {self.target_name or self.target_id}",
                 self._change(client, self.target_id, mine + missing),
             )
         ]
@@ -1091,7 +1448,11 @@ class _AliasGoal(_Goal):
     def outcome(self, snapshot):
         if self.network is None:
             return {"network": str(self.network_ref)}
-        return {"network": self.network.name, "from": self.initial, "to": self._holders(snapshot)}
+        return {
+            "network": self.network.name,
+            "from": self._holders(snapshot, self.initial or {}),
+            "to": self._holders(snapshot),
+        }
 
 
 def _validate_alias_ip(ip, network):
@@ -1110,15 +1471,22 @@ def _with_correlation_id(step):
     return step(), _TRACE.correlation_id
 
 
-def _run_steps(steps, clock):
-    """Send every step's request at once; return the started actions and the errors."""
+def _run_steps(steps, clock, while_sending=lambda: None):
+    """
+    Send every step's request at once, each as soon as it is known; return
+    the started actions and the errors. ``steps`` may be a generator: a step
+    needing another read (an alias IP's holder) is worked out while the ones
+    before it are on their way. ``while_sending`` runs once all are sent,
+    before their answers are awaited.
+    """
     actions, errors = [], []
-    with concurrent.futures.ThreadPoolExecutor(min(len(steps), MAX_PARALLEL_REQUESTS)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(MAX_PARALLEL_REQUESTS) as pool:
         # Each worker runs in a copy of this context, so its requests see the clock.
-        futures = {
-            pool.submit(contextvars.copy_context().run, _with_correlation_id, step): (goal, what)
-            for goal, what, step in steps
-        }
+        futures = {}
+        for goal, what, step in steps:
+            future = pool.submit(contextvars.copy_context().run, _with_correlation_id, step)
+            futures[future] = (goal, what)
+        while_sending()
         for future in concurrent.futures.as_completed(futures):
             goal, what = futures[future]
             try:
@@ -1177,59 +1545,94 @@ def _wait_for_actions(client, actions, clock):
     return failed
 
 
-def _converge(client, goals, clock, left_master=lambda: None, periodic=False):
+def _converge(client, goals, clock, view, *, left_master=lambda: None, periodic=False):
     """
     Read, act, wait and re-read until every goal holds or the deadline passes.
 
-    Each round starts from a fresh read, so the verification of one round's
-    moves is the next round's read, and a move undone meanwhile (by the other
-    node) is noticed; so is one still under way when every goal seems to
-    hold. The run ends only on a read taken after a check found no such move:
-    one that finished between the read and the check is seen by that read.
-    A ``periodic`` caller (the re-assert loop) skips that read: its next run
-    is that read, and the project's 3600 requests an hour are shared.
-    Transient failures are retried after a jittered backoff; permanent ones
-    end that goal. Before each round ``left_master()`` is asked; a state it
-    returns ends the run, the goals left marked ``stood_down``.
-    Returns ({goal: error}, last snapshot).
+    Each round starts from a fresh read (``_Snapshot``, of the servers in
+    ``view``), so the verification of one round's moves is the next round's
+    read, and a move undone meanwhile (by the other node) is noticed; so is
+    one still under way when every goal seems to hold. The run ends only on
+    a read taken after a check found no such move: one that finished
+    between the read and the check is seen by that read. A ``periodic``
+    caller (the re-assert) that finds everything in place stops at its
+    first read, one request: its next run is the next check, and the
+    project's 3600 requests an hour are shared. Transient failures are
+    retried after a jittered backoff; permanent ones end that goal; what the
+    API says is gone is looked up again. Before each round ``left_master()``
+    is asked; a state it returns ends the run, the goals left marked
+    ``stood_down``. Returns ({goal: error}, last snapshot).
     """
-    snapshot = _retry("reading floating IPs and servers", lambda: _Snapshot(client), clock)
-    failures = _resolve_goals(client, goals, snapshot, clock)
-    _observe(goals, failures, snapshot)
+    ids = _ids() if view.cached else _Ids(None, None)
+    snapshot = view.read(client, clock, goals)
+    failures = {}
     attempt = 0
     settled = False  # no move was under way elsewhere just before this read
     while True:
+        _resolve_goals(client, goals, snapshot, ids=ids, clock=clock, failures=failures)
+        live = [goal for goal in goals if goal not in failures]
+        for peers in {goal.peers for goal in live}:
+            peers.notice(live, snapshot)
         steps = _pending_steps(client, goals, snapshot, failures)
-        if not steps:
-            if settled:
+        first = next(steps, None)
+        if first is None:
+            _observe(goals, failures, snapshot)
+            if settled or (periodic and not any(goal.moved for goal in goals)):
                 break
-            if not _waited_for_moves_in_flight(client, goals, failures, clock):
-                if periodic:
-                    break
-                settled = True
+            settled = not _waited_for_moves_in_flight(client, goals, failures, clock)
+            if settled and periodic:
+                break
         else:
             settled = False
+            steps = itertools.chain([first], steps)
             if state := left_master():
-                _stand_down(steps, state, clock)
+                _stand_down(list(steps), state, clock)
+                _observe(goals, failures, snapshot)
                 break
             if clock.remaining() <= 0:
                 for goal, what, _ in steps:
                     failures.setdefault(goal, f"{what}: not done within {clock.deadline:g}s")
                 break
-            if _act(client, steps, clock, failures):
+            # Who held what is read while the moves are on their way, before
+            # they take effect: the next round compares with it.
+            observe = functools.partial(_observe, goals, failures, snapshot)
+            if _act(client, steps, clock, failures, ids=ids, while_sending=observe):
                 _backoff(attempt, clock)
                 attempt += 1
         try:
-            snapshot = _retry(
-                "re-reading floating IPs and servers", lambda: _Snapshot(client), clock
-            )
+            snapshot = view.read(client, clock, goals)
         except CommandExecutionError as exc:
-            for goal, _, _ in _pending_steps(client, goals, snapshot, failures):
-                failures[goal] = str(exc)
+            for goal in goals:
+                failures.setdefault(goal, str(exc))
             break
-        _observe(goals, failures, snapshot)
     log.info("hcloud_ip: t+%.2fs done, %d failure(s)", clock.elapsed(), len(failures))
     return failures, snapshot
+
+
+class _View:
+    """
+    What each round reads (``_Snapshot``): the target server, the load
+    balancer's other nodes (``peer_ids``; None: every server), and the
+    floating IPs of goals that read themselves. ``cached``: IDs from the
+    ID cache (the failover) rather than looked up each call.
+    """
+
+    def __init__(self, target_id, peer_ids=None, cached=False):
+        self.target_id = target_id
+        self.peer_ids = peer_ids
+        self.cached = cached
+
+    def read(self, client, clock, goals):
+        return _Snapshot(
+            client,
+            clock,
+            self.target_id,
+            peer_ids=self.peer_ids,
+            wide=any(goal.wide for goal in goals),
+            fip_ids=[
+                g.fip.id for g in goals if g.kind == "floating_ip" and g.fip and g.read_itself
+            ],
+        )
 
 
 def _waited_for_moves_in_flight(client, goals, failures, clock):
@@ -1305,45 +1708,85 @@ def _stand_down(steps, state, clock):
         goal.stood_down = state
 
 
-def _resolve_goals(client, goals, snapshot, clock):
-    """Find what each goal names; returns {goal: error} for those that cannot be found."""
-    failures = {}
-    for goal in goals:
+def _resolve_goals(client, goals, snapshot, *, ids, clock, failures):
+    """
+    Find what each goal names (once, or again once forgotten), all at once;
+    those not found fail.
+    """
+
+    def resolve(goal):
         try:
-            _retry(f"resolving {goal.label}", lambda g=goal: g.resolve(snapshot, client), clock)
+            goal.resolve(snapshot, client, ids, clock)
         except CommandExecutionError as exc:
             failures[goal] = str(exc)
-    return failures
+
+    unresolved = [
+        goal
+        for goal in goals
+        if goal not in failures and not (goal.fip if goal.kind == "floating_ip" else goal.network)
+    ]
+    _read_in_parallel([functools.partial(resolve, goal) for goal in unresolved], clock)
 
 
 def _observe(goals, failures, snapshot):
-    """Record who holds what by this read, and whether an outranking peer acts as MASTER."""
-    live = [goal for goal in goals if goal not in failures]
-    for goal in live:
-        goal.observe(snapshot)
-    for peers in {goal.peers for goal in live}:
-        peers.notice(live, snapshot)
+    """Record who holds what by this read."""
+    for goal in goals:
+        if goal not in failures:
+            goal.observe(snapshot)
 
 
 def _pending_steps(client, goals, snapshot, failures):
-    return [
-        (goal, what, step)
-        for goal in goals
-        if goal not in failures
-        for what, step in goal.steps(snapshot, client)
-    ]
+    """
+    (goal, what, step) for every move still to make, floating IPs first:
+    they need no read but this node's server, so they leave at once.
+    """
+    for goal in sorted(goals, key=lambda g: g.kind != "floating_ip"):
+        if goal in failures:
+            continue
+        try:
+            goal_steps = goal.steps(snapshot, client)
+        except CommandExecutionError as exc:  # a read it needed failed past the deadline
+            failures[goal] = str(exc)
+            continue
+        for what, step in goal_steps:
+            yield goal, what, step
 
 
-def _act(client, steps, clock, failures):
+def _act(client, steps, clock, failures, *, ids, while_sending=lambda: None):
     """Run one round of steps; permanent errors fail their goal. True if anything failed."""
-    for goal, _, _ in steps:
-        goal.moved = True
-    actions, errors = _run_steps(steps, clock)
+
+    def moving():
+        for goal, what, step in steps:
+            goal.moved = True
+            yield goal, what, step
+
+    actions, errors = _run_steps(moving(), clock, while_sending)
     errors += _wait_for_actions(client, actions, clock)
     for goal, what, exc in errors:
-        if not _is_transient(exc):
+        if _is_gone(exc):
+            # A floating IP or network deleted (and maybe made anew under
+            # its name) since its ID was cached: look it up again.
+            log.warning("hcloud_ip: t+%.2fs %s: gone, looking it up again", clock.elapsed(), what)
+            goal.forget(ids)
+        elif _held_outside(exc) and not goal.wide:
+            log.warning(
+                "hcloud_ip: t+%.2fs %s: held by a server outside the load balancer; "
+                "reading every server to find it",
+                clock.elapsed(),
+                what,
+            )
+            goal.wide = True
+        elif not _is_transient(exc):
             failures[goal] = _api_error(exc, what)
     return bool(errors)
+
+
+def _is_gone(exc):
+    return isinstance(exc, APIException) and exc.code == "not_found"
+
+
+def _held_outside(exc):
+    return isinstance(exc, APIException) and exc.code == "ip_not_available"
 
 
 def _report(goal, failures, snapshot):
@@ -1398,8 +1841,9 @@ def _move_one(ip, server, deadline, unassigning=False):
     client = _client()
     with _clock(deadline) as clock:
         target = None if unassigning else _target_server(client, server, clock)
-        goal = _FloatingIPGoal(ip, target)
-        failures, snapshot = _converge(client, [goal], clock)
+        goal = _FloatingIPGoal(ip, target, read_itself=True)
+        view = _View(target.id if target else None)
+        failures, snapshot = _converge(client, [goal], clock, view)
     if goal in failures:
         raise CommandExecutionError(failures[goal])
     outcome = goal.outcome(snapshot)
@@ -1476,7 +1920,7 @@ def alias_ips(network, ips=None, server=None, deadline=None):
         if not wanted:
             return _read_alias_ips(client, network, target)
         goal = _AliasGoal(network, wanted, target)
-        failures, snapshot = _converge(client, [goal], clock)
+        failures, snapshot = _converge(client, [goal], clock, _View(target.id))
     if goal in failures:
         raise CommandExecutionError(failures[goal])
     outcome = goal.outcome(snapshot)
@@ -1635,23 +2079,84 @@ def _vrrp_state_watch():
     return left_master
 
 
-def _warn_unknown_peers(peers, snapshot):
-    """A yield_to entry naming no server would silently let a split brain flap."""
-    for ref in sorted(peers.refs):
-        if not any(snapshot.is_one_of(server.id, {ref}) for server in snapshot.servers):
-            log.warning(
-                "hcloud_ip: hcloud:failover:yield_to names no server of this project: %r", ref
-            )
+def _peer_ids(client, ids, clock):
+    """
+    The server IDs of the load balancer's other nodes (hcloud:failover:peers,
+    and yield_to's), from the ID cache; None when no peers are configured,
+    and every server is then read to find who holds an alias IP. A name that
+    is no server of this project is skipped and logged: a yield_to entry
+    naming none would silently let a split brain flap.
+    """
+    configured = _failover_option("peers")
+    peers = _split(configured, "hcloud:failover:peers")
+    found = []
+    for ref in sorted(set(peers) | set(_outranking_peers())):
+        try:
+            found.append(_resolved_server(client, ref, ids, clock, "peer").id)
+        except CommandExecutionError as exc:
+            key = "peers" if ref in peers else "yield_to"
+            if "not found" in str(exc):
+                log.warning(
+                    "hcloud_ip: hcloud:failover:%s names no server of this project: %r", key, ref
+                )
+            else:
+                log.warning("hcloud_ip: hcloud:failover:%s: %s", key, exc)
+    return None if configured is None else found
 
 
-def _fail_over(client, clock, addresses, *, peers, left_master):
-    me = _this_server(client, clock)[0]
+def _this_server_ref(client, ids, clock):
+    """
+    This node's server as a Server (its ID; its name once a read has it),
+    found as ``whoami`` finds it but without reading it each time: a
+    failover's first read is then this server itself. The metadata
+    service's instance-id (link-local, not the API) is checked once against
+    the project, then cached.
+    """
+    configured = _option("server")
+    if configured is not None:
+        return _resolved_server(client, configured, ids, clock, "server (hcloud:server)")
+    instance_id = _metadata_instance_id()
+    key = (
+        f"instance-id {instance_id}" if instance_id is not None else f"minion {__opts__.get('id')}"
+    )
+    record = ids.get("server", key)
+    if record is None:
+        server, _source = _this_server(client, clock)
+        record = {"id": server.id, "name": server.name}
+        ids.put("server", key, record)
+    return Server(id=record["id"], name=record["name"])
+
+
+def _converge_here(client, clock, addresses, ids, *, peers, left_master):
+    """Converge the addresses onto this node's server; (me, goals, failures, snapshot)."""
+    me = _this_server_ref(client, ids, clock)
+    view = _View(me.id, _peer_ids(client, ids, clock), cached=True)
     goals = _failover_goals(*addresses, me, peers)
     log.info(
         "hcloud_ip: t+%.2fs failover of %d goal(s) to %s", clock.elapsed(), len(goals), me.name
     )
-    failures, snapshot = _converge(client, goals, clock, left_master, periodic=peers.reassert)
-    _warn_unknown_peers(peers, snapshot)
+    failures, snapshot = _converge(
+        client, goals, clock, view, left_master=left_master, periodic=peers.reassert
+    )
+    return me, goals, failures, snapshot
+
+
+def _fail_over(client, clock, addresses, *, peers, left_master):
+    ids = _ids()
+    try:
+        me, goals, failures, snapshot = _converge_here(
+            client, clock, addresses, ids, peers=peers, left_master=left_master
+        )
+    except _ServerGone as exc:
+        # A cached server ID is gone: a node rebuilt (a new ID under its old
+        # name) or removed. Look every server up again, once.
+        log.warning("hcloud_ip: t+%.2fs %s: looking the servers up again", clock.elapsed(), exc)
+        ids.forget_kind("server")
+        __context__.pop("hcloud_ip.whoami", None)
+        me, goals, failures, snapshot = _converge_here(
+            client, clock, addresses, ids, peers=peers, left_master=left_master
+        )
+    me.name = next((g.target_name for g in goals if g.target_name), me.name)
     stood_down = next((goal.stood_down for goal in goals if goal.stood_down), None)
     if failures:
         outcome = f"FAILED for {len(failures)} of {len(goals)}"
@@ -1659,7 +2164,7 @@ def _fail_over(client, clock, addresses, *, peers, left_master):
         outcome = f"stood down (this node is {stood_down})"
     else:
         outcome = "succeeded"
-    log.info("hcloud_ip: t+%.2fs failover to %s %s", clock.elapsed(), me.name, outcome)
+    log.info("hcloud_ip: t+%.2fs failover to %s %s", clock.elapsed(), me.name or me.id, outcome)
     report = {
         "result": not failures,
         "server": {"id": me.id, "name": me.name},

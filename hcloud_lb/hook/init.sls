@@ -53,4 +53,19 @@ the failover hook's minion config is managed:
     - show_changes: false
     - require:
       - file: the failover hook's config directory is root's
+
+{#- Run as the hook runs (its own config, no master), so what it resolves is
+    what a failover finds; the token stays in the root-only config. The IDs
+    save the failover its look-ups; without them (the API unreachable from
+    here just now) the first failover looks them up and caches them, so an
+    API outage during an apply does not fail it: the output says why. #}
+the failover hook knows the IDs of this node, its peers and its addresses:
+  cmd.run:
+    - name: >-
+        {{ hcloud_lb.lookup.salt_call | quote }} -c {{ config_dir | quote }} --local
+        --retcode-passthrough --out=json --out-indent=-1 hcloud_ip.resolve
+    - success_retcodes: [1]
+    - onchanges:
+      - file: the failover hook has the hcloud_ip module
+      - file: the failover hook's minion config is managed
 {%- endif %}

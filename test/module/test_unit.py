@@ -12,6 +12,7 @@ from unittest.mock import MagicMock
 import pytest
 import requests
 from hcloud import APIException
+from hcloud.floating_ips import FloatingIP
 from hcloud.networks import Network
 from hcloud.servers import PrivateNet, Server
 from salt.exceptions import CommandExecutionError
@@ -420,22 +421,23 @@ NET = Network(id=5, name="lb-private", ip_range="10.0.0.0/16")
 
 
 def snapshot(fip_holder, aliases):
-    """A _Snapshot where lb-http is on fip_holder and each server has the given alias IPs."""
-    servers = [
-        Server(
+    """
+    A _Snapshot where lb-http is on fip_holder and each server has the given
+    alias IPs, read as the failover reads: this node's server, then its peers.
+    """
+    servers = {
+        server.id: Server(
             id=server.id,
             name=server.name,
+            public_net=SimpleNamespace(
+                floating_ips=[SimpleNamespace(id=1)] if server is fip_holder else []
+            ),
             private_net=[PrivateNet(NET, f"10.0.0.{server.id}", ips, mac_address=None)],
         )
         for server, ips in zip((ME, TOP, OTHER), aliases, strict=True)
-    ]
-    client = SimpleNamespace(
-        floating_ips=SimpleNamespace(
-            get_all=lambda: [fip(1, "lb-http", "198.51.100.7", fip_holder.id)]
-        ),
-        servers=SimpleNamespace(get_all=lambda: servers),
-    )
-    return hcloud_ip._Snapshot(client)
+    }
+    client = SimpleNamespace(servers=SimpleNamespace(get_by_id=servers.__getitem__))
+    return hcloud_ip._Snapshot(client, None, ME.id, peer_ids=[TOP.id, OTHER.id])
 
 
 def peers(yield_to=("lb-top",), reassert=True):
@@ -443,14 +445,16 @@ def peers(yield_to=("lb-top",), reassert=True):
 
 
 def observe(goals, snap):
-    """What _converge does with each read."""
+    """What _converge does with each read: who acts as MASTER, then who holds what."""
+    for shared in {goal.peers for goal in goals}:
+        shared.notice(goals, snap)
     hcloud_ip._observe(goals, {}, snap)
 
 
 def floating_ip_goal(yield_to, holder, reassert=True, shared=None):
     goal = hcloud_ip._FloatingIPGoal("lb-http", ME, shared or peers(yield_to, reassert))
+    goal.fip = FloatingIP(id=1, name="lb-http", ip="198.51.100.7")
     snap = snapshot(holder, ([], [], []))
-    goal.resolve(snap, None)
     observe([goal], snap)
     return goal, snap
 
