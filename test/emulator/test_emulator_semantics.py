@@ -61,6 +61,34 @@ def test_alias_ip_errors(cloud):
     assert error_of(cloud.api("POST", again, repeat)) == (422, "server_already_attached")
 
 
+def test_two_claims_of_one_alias_ip_under_way_at_once_leave_one_holder(cloud):
+    # Both requests pass the check (nobody holds the IP yet); the change that
+    # finishes second fails, as no two servers of a network can hold one IP.
+    network = cloud.create_network("lan")
+    first = cloud.create_server("first")
+    second = cloud.create_server("second")
+    cloud.attach_server(first["id"], network["id"])
+    cloud.attach_server(second["id"], network["id"])
+    cloud.wait_idle()
+    cloud.configure(action_duration=0.5)
+    body = {"network": network["id"], "alias_ips": ["10.0.1.9"]}
+    actions = [
+        cloud.api("POST", f"/servers/{server['id']}/actions/change_alias_ips", body).json()
+        for server in (first, second)
+    ]
+    cloud.wait_idle()
+    done = [cloud.api("GET", f"/actions/{a['action']['id']}").json()["action"] for a in actions]
+    assert [a["status"] for a in done] == ["success", "error"]
+    assert done[1]["error"]["code"] == "ip_not_available"
+    holders = [
+        s["name"]
+        for s in cloud.state()["servers"]
+        for entry in s["private_net"]
+        if "10.0.1.9" in entry["alias_ips"]
+    ]
+    assert holders == ["first"]
+
+
 def test_uniqueness(cloud):
     cloud.create_server("same")
     body = {"name": "same", "server_type": "cx22", "image": "debian-12"}

@@ -132,8 +132,12 @@ class Cloud:
             action["error"] = {"code": "action_failed", "message": "Action failed"}
         else:
             action["status"] = "success"
-            if action["_apply"]:
-                action["_apply"]()
+            try:
+                if action["_apply"]:
+                    action["_apply"]()
+            except ApiError as refused:  # what changed since the request forbids it now
+                action["status"] = "error"
+                action["error"] = {"code": refused.code, "message": refused.message}
         action["_apply"] = None
         self.changed.notify_all()
 
@@ -417,6 +421,14 @@ class Cloud:
         def apply():
             if self.servers.get(server_id) is not server or entry not in server["private_net"]:
                 return
+            # Two changes may pass the check at their requests, each taking an
+            # IP the other frees or takes: the one finishing second fails, so
+            # no two servers ever hold one IP.
+            clash = set(alias_ips) & self._network_ips(network_id, except_server=server_id)
+            if clash:
+                raise ApiError(
+                    422, "ip_not_available", f"alias IP {sorted(clash)[0]} is not available"
+                )
             old, new = entry["alias_ips"], list(alias_ips)
             entry["alias_ips"] = new
             for alias in old:
