@@ -42,9 +42,13 @@ haproxy may bind IPv6 addresses this node does not hold:
 {%-     for address in addresses %}
 {%-       set cidr = address ~ ('/64' if ':' in address else '/32') %}
 
+{#- nodad: the cloud routes the /64 to one server, so duplicate address
+    detection finds nothing, and it would hold the address tentative for a
+    second, in which haproxy cannot bind it ("Cannot assign requested
+    address"). #}
 {{ address }} is on {{ interface }}:
   cmd.run:
-    - name: ip addr replace {{ cidr | quote }} dev {{ interface | quote }}
+    - name: ip addr replace {{ cidr | quote }} dev {{ interface | quote }}{{ ' nodad' if ':' in address else '' }}
     - unless: ip -o addr show dev {{ interface | quote }} | grep -qF {{ (' ' ~ cidr ~ ' ') | quote }}
 {%-     endfor %}
 {%-     if network.style == 'wicked' %}
