@@ -223,6 +223,9 @@ def test_a_backup_that_loses_master_mid_failover_stands_down_and_the_addresses_s
     # way: it waited for them and took back what they moved.
     waited = f"waiting for assign_floating_ip of {lab.settings['groups']['http']['floating_ip']}"
     assert wait_for(lambda: waited in log_since(lab, PRIMARY, fault), 30), lab.describe()
+    # Everything was on lb1 before the fault, and is until lb2's 12 s moves
+    # land: only after them does "on lb1" say that lb1 took them back.
+    lab.api.wait_idle(timeout=60)
     assert wait_for(lambda: lab.all_on(PRIMARY), 60), lab.describe()
     # And nothing pulls it away again.
     for _ in range(10):
