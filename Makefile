@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SLS_FILES = $(shell find hcloud_lb -name '*.sls' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: test lint bootstrap demo bench bench-hcloud-ip lab-up lab-down
+.PHONY: test lint bootstrap demo bench bench-cost bench-hcloud-ip lab-up lab-down
 
 bootstrap:
 	@tools/bootstrap
@@ -20,8 +20,11 @@ test: lint
 demo: bootstrap
 	$(BIN)/python test/demo.py
 
-bench: bootstrap
+bench: bench-cost
 	$(BIN)/python test/bench/failover_lab.py
+
+bench-cost: bootstrap
+	$(BIN)/python test/bench/failover_cost.py
 
 bench-hcloud-ip: bootstrap
 	$(BIN)/python test/bench/hcloud_ip_failover.py

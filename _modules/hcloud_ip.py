@@ -1,10 +1,12 @@
 """
 Move Hetzner Cloud floating IPs and private-network alias IPs between servers.
 
-This is what keepalived's ``notify_master`` hook of the ``hcloud_lb`` formula
-calls (``salt-call --local hcloud_ip.failover``) to bring the load balancer's
-addresses to the node that just became master, and what the formula's
-``hcloud_ip`` states build on.
+This is what the ``hcloud_lb`` formula's agent (``hcloud_ip.agent``, on
+keepalived's notify FIFO) and its ``notify_master`` hook (``salt-call --local
+hcloud_ip.failover``) run to bring the load balancer's addresses to the node
+that just became master, and what the formula's ``hcloud_ip`` states build
+on. A failover reads this node's server and its peers by ID, never the whole
+project, so what it costs does not grow with the project.
 
 Every API call goes through the official ``hcloud`` Python library.
 
@@ -25,8 +27,13 @@ Options, read with ``config.get`` (minion config, grains or pillar):
         floating_ips: [lb-http, 2001:db8:1::1]
         alias_ips:
           lb-private: [10.0.1.1]
+        peers: [lb-backup]                    # the other nodes: who may hold an alias IP
         yield_to: []                          # peers outranking this node (split brain)
-        state_file: /run/hcloud_lb/state      # VRRP state (keepalived's notify script)
+        id_cache: /var/cache/hcloud_lb/ids.json  # IDs of all these (hcloud_ip.resolve)
+        state_file: /run/hcloud_lb/state      # VRRP state (the agent records it)
+        lock_file: /run/hcloud_lb/failover.lock  # the agent and notify_master take turns
+        reassert_interval: 15                 # the agent's checks while MASTER
+        reserve: 300                          # requests the checks leave to failovers
 
 A floating IP is named by its name, its ID or its address (for an IPv6
 floating IP any address in its /64). A server or network by its name or ID.
@@ -35,6 +42,7 @@ floating IP any address in its /64). A server or network by its name or ID.
 import collections
 import concurrent.futures
 import contextvars
+import fcntl
 import functools
 import hashlib
 import inspect
@@ -47,6 +55,8 @@ import os
 import queue
 import random
 import re
+import signal
+import syslog
 import threading
 import time
 
@@ -1973,7 +1983,7 @@ def _failover_goals(fip_refs, alias_map, me, peers):
 
 
 @_arguments_checked
-def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
+def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False, since=None):
     """
     Bring every floating IP and alias IP configured for this node to this
     node's server, all at once: what keepalived's notify_master hook runs.
@@ -1989,8 +1999,8 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
     backoff until ``deadline`` seconds (hcloud:failover:deadline, default 30).
 
     reassert
-        True for the hook's re-assert loop, which runs while this node is
-        MASTER rather than on a transition to MASTER: an address held by a
+        True for a re-assert (the agent's, once its claim has succeeded),
+        while this node is MASTER rather than on a transition to it: an address held by a
         server in ``hcloud:failover:yield_to`` (names or IDs of the peers that
         would win a VRRP election against this node) is then left there and
         reported so, with result True, and so is every address not here while
@@ -2002,13 +2012,22 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
         (the split brain seen from below), and every address not here is left
         to it (``_OutrankingPeers``).
 
-    When ``hcloud:failover:state_file`` names the file where keepalived's
-    notify script records this node's VRRP state (the formula's hook does),
-    the failover stops before its next round once that file says anything but
-    MASTER, and reports ``stood_down`` with that state, result True: a node
-    that lost mastership mid-failover (it woke from a freeze and went FAULT,
-    or the preferred node came back) leaves the addresses to the new master
-    instead of pulling them back until its deadline.
+    When ``hcloud:failover:state_file`` names the file where the agent
+    records this node's VRRP state (the formula's hook does), the failover
+    stops before its next round once that file says anything but MASTER, and
+    reports ``stood_down`` with that state, result True: a node that lost
+    mastership mid-failover (it woke from a freeze and went FAULT, or the
+    preferred node came back) leaves the addresses to the new master instead
+    of pulling them back until its deadline.
+
+    since
+        When keepalived ran notify_master (a UNIX time, as the formula's hook
+        passes it): only a state recorded after it stops the failover, not
+        one from before the transition or from an agent that is gone.
+
+    With ``hcloud:failover:lock_file`` the failover takes turns with the
+    agent: it waits for the agent's moves (at most half its deadline: a hung
+    agent must not hold the addresses hostage) and then finds them done.
 
     Returns each address's outcome; salt-call's retcode is 1 (shown with
     ``--retcode-passthrough``) unless everything ended on this server, was
@@ -2022,18 +2041,20 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False):
 
         salt-call --local --retcode-passthrough hcloud_ip.failover
         salt-call --local hcloud_ip.failover reassert=True
+        salt-call --local hcloud_ip.failover since=1767225600.5
         salt-call hcloud_ip.failover floating_ips=lb-http,lb-ws
     """
     reassert = _flag(reassert, "reassert")
+    since = None if since is None else _timestamp(since, "since")
     addresses = _failover_addresses(floating_ips, alias_ips)
     client = _client()
     clock = _clock(deadline)
     peers = _OutrankingPeers(_outranking_peers(), reassert)
-    left_master = _vrrp_state_watch()
+    left_master = _vrrp_state_watch(since)
     tell_master = _master_notifier()
     report = None
     try:
-        with clock:
+        with _failover_lock(clock), clock:
             report = _fail_over(client, clock, addresses, peers=peers, left_master=left_master)
     finally:
         tell_master(report)
@@ -2047,27 +2068,26 @@ def _outranking_peers():
     return frozenset(_split(_failover_option("yield_to"), "hcloud:failover:yield_to"))
 
 
-def _vrrp_state_watch():
+def _vrrp_state_watch(since=None):
     """
     A function returning this node's VRRP state once it is not MASTER, else None.
 
-    The state is read from hcloud:failover:state_file at each call; no file
-    (keepalived has not reported yet) or no option means carry on. The notify
-    script records MASTER milliseconds after keepalived starts notify_master,
-    long before salt-call is up, so a transition is not mistaken for a stale
-    state; were it ever, the re-assert loop would finish the job.
+    The state is read from hcloud:failover:state_file at each call, where the
+    agent records each transition as keepalived reports it, in order. With
+    ``since`` (when keepalived ran notify_master, as a UNIX time), only a
+    state recorded after it counts: one from before is the transition's own
+    past, or stale (no agent running, or a hung one), and must not stop the
+    failover that keepalived asked for. No file or no option means carry on.
     """
-    path = _failover_option("state_file")
+    path = _state_file()
     if not path:
         return lambda: None
-    if not isinstance(path, str):
-        raise CommandExecutionError(
-            f"hcloud:failover:state_file must be a file's path, got {_shown(path)}"
-        )
 
     def left_master():
         try:
             with open(path, encoding="utf-8") as state_file:
+                if since is not None and os.fstat(state_file.fileno()).st_mtime < since:
+                    return None
                 state = state_file.read().strip()
         except FileNotFoundError:
             return None
@@ -2077,6 +2097,14 @@ def _vrrp_state_watch():
         return state if state and state != "MASTER" else None
 
     return left_master
+
+
+def _timestamp(value, name):
+    """A UNIX time (``since``): plain ASCII digits with an optional fraction."""
+    text = str(value).strip() if isinstance(value, (str, int, float)) else ""
+    if isinstance(value, bool) or not SECONDS_PATTERN.fullmatch(text):
+        raise CommandExecutionError(f"{name} must be a UNIX time in seconds, got {_shown(value)}")
+    return float(text)
 
 
 def _peer_ids(client, ids, clock):
@@ -2226,3 +2254,328 @@ def _master_notifier():
             thread.join(EVENT_WAIT)
 
     return send
+
+
+# --------------------------------------------------------------------------
+# The agent: keepalived's transitions, in order, to a process already running
+# --------------------------------------------------------------------------
+
+# A line keepalived writes to its VRRP notify FIFO: INSTANCE "lb" MASTER 200
+VRRP_EVENT = re.compile(r'INSTANCE "?(?P<name>[^" ]+)"? (?P<state>[A-Z_]+)(?: (?P<priority>\d+))?')
+# How long the agent keeps reading after SIGTERM: keepalived, stopping, sends
+# TERM first and its STOP notices after.
+STOPPING_GRACE = 1.0
+# A re-assert slowed down by a low budget still runs at least this often.
+MAX_REASSERT_PAUSE = 60.0
+DEFAULT_REASSERT_INTERVAL = 15.0
+DEFAULT_RESERVE = 300
+# The agent's check of the cached IDs at its start gives up after this long.
+IDS_CHECK_DEADLINE = 10.0
+
+
+class _FailoverLock:
+    """
+    hcloud:failover:lock_file, held while addresses move: the agent and
+    notify_master's salt-call take turns. A waiter gives up after ``wait``
+    seconds and goes ahead without it: a hung agent must not keep
+    notify_master from moving the addresses within its deadline.
+    """
+
+    def __init__(self, path, wait):
+        self.path = path
+        self.wait = wait
+        self.fd = None
+
+    def __enter__(self):
+        if not self.path:
+            return self
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "hcloud_ip: the failover lock %s is still held after %.1fs "
+                        "(a hung agent?): going ahead without it",
+                        self.path,
+                        self.wait,
+                    )
+                    return self
+                time.sleep(0.05)
+
+    def __exit__(self, *exc_info):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+
+def _failover_lock(clock):
+    path = _failover_option("lock_file")
+    if path is not None and not isinstance(path, str):
+        raise CommandExecutionError(
+            f"hcloud:failover:lock_file must be a file's path, got {_shown(path)}"
+        )
+    return _FailoverLock(path, clock.deadline / 2)
+
+
+def _reassert_pause(interval, reserve, rate=None):
+    """
+    Seconds until the next re-assert: ``interval`` while the project's budget
+    (the RateLimit headers of the last answer) has twice ``reserve`` left;
+    twice that while it has less; below ``reserve`` as long as the bucket
+    takes to refill to it. Never more than a minute: a re-assert costs one
+    request, and 60 an hour are less than the 3600 the bucket refills.
+    """
+    rate = rate or _RateLimit.last
+    if not rate:
+        return interval
+    limit, remaining, reset = rate
+    if remaining >= 2 * reserve:
+        return interval
+    if remaining >= reserve:
+        return min(MAX_REASSERT_PAUSE, 2 * interval)
+    per_request = max(0.0, reset - time.time()) / max(1, limit - remaining)
+    return min(MAX_REASSERT_PAUSE, max(interval, (reserve - remaining) * per_request))
+
+
+class _Agent:
+    """
+    One keepalived VRRP instance's transitions, read in order from its notify
+    FIFO, and what they call for (see ``agent``).
+
+    A reader thread takes each line as keepalived writes it and records the
+    state at once (in memory and in hcloud:failover:state_file), so a
+    failover under way sees a transition away from MASTER before its next
+    round; the main thread acts on the transitions and re-asserts.
+    """
+
+    def __init__(self, fifo, instance, interval, reserve):
+        self.fifo = fifo
+        self.instance = instance
+        self.interval = interval
+        self.reserve = reserve
+        self.events = queue.Queue()
+        self.state = None
+        self.claimed = False  # a claim succeeded since the last transition to MASTER
+        self.stopping = None  # when SIGTERM came
+        self.failovers = 0
+        self.reasserts = 0
+        # Read here: the reader thread has no Salt loader context (config.get).
+        self.state_file = _state_file()
+
+    def read(self):
+        try:
+            with open(self.fifo, encoding="utf-8", errors="replace") as pipe:
+                for line in pipe:
+                    match = VRRP_EVENT.fullmatch(line.strip())
+                    if match and match["name"] == self.instance:
+                        self.record(match["state"])
+                        self.events.put(match["state"])
+        except OSError as exc:
+            log.warning("hcloud_ip: agent: cannot read %s: %s", self.fifo, exc)
+        self.events.put(None)  # keepalived closed the FIFO: reloading or stopping
+
+    def record(self, state):
+        self.state = state
+        _write_state(self.state_file, state)
+        _syslog(f"keepalived: {self.instance} is {state}")
+
+    def left_master(self):
+        if self.stopping is not None:
+            return "stopping"
+        return self.state if self.state != "MASTER" else None
+
+    def run(self):
+        signal.signal(signal.SIGTERM, self.on_term)
+        # Restarted while MASTER (a crash): the state file says so, and the
+        # first thing to do is to check the addresses, claiming them all.
+        # Read before the reader starts, which records what comes next.
+        self.state = _recorded_state(self.state_file)
+        next_check = time.monotonic() if self.state == "MASTER" else None
+        threading.Thread(target=self.read, name="hcloud_ip-fifo", daemon=True).start()
+        self.check_ids()
+        _syslog(f"agent started on {self.fifo} (state {self.state or 'unknown'})")
+        while True:
+            try:
+                event = self.events.get(timeout=self.wait_for(next_check))
+            except queue.Empty:
+                event = "tick"
+            if event is None or (
+                self.stopping and time.monotonic() - self.stopping > STOPPING_GRACE
+            ):
+                break
+            if self.stopping is not None:
+                continue  # keepalived is stopping or reloading: the next agent acts
+            if event == "MASTER":
+                self.claimed = False
+                self.fail_over(reassert=False)
+            elif (
+                event == "tick" and self.state == "MASTER" and time.monotonic() >= (next_check or 0)
+            ):
+                self.fail_over(reassert=self.claimed)
+            else:
+                continue
+            if self.state == "MASTER":
+                next_check = time.monotonic() + _reassert_pause(self.interval, self.reserve)
+        _syslog(f"agent stopped: {self.failovers} failover(s), {self.reasserts} re-assert(s)")
+        return {"failovers": self.failovers, "reasserts": self.reasserts}
+
+    def check_ids(self):
+        """
+        The cached IDs checked against the API (a floating IP renamed since
+        they were resolved), in the background: a transition must not wait.
+        keepalived starts the agent when it starts or reloads, so this
+        happens at every apply that changes its config.
+        """
+
+        def check():
+            try:
+                with _Clock(IDS_CHECK_DEADLINE) as clock:
+                    _check_cached_ids(_client(), _ids(), clock)
+            except CommandExecutionError as exc:
+                log.warning("hcloud_ip: agent: the cached IDs were not checked: %s", exc)
+
+        context = contextvars.copy_context()  # the Salt loader's, for config.get
+        threading.Thread(
+            target=context.run, args=(check,), name="hcloud_ip-ids", daemon=True
+        ).start()
+
+    def wait_for(self, next_check):
+        """How long to wait for the next transition: a signal does not end the wait, so a
+        second at most, to notice SIGTERM."""
+        if self.stopping is not None:
+            return 0.1
+        if next_check is None:
+            return 1.0
+        return min(1.0, max(0.0, next_check - time.monotonic()))
+
+    def on_term(self, *_args):
+        self.stopping = time.monotonic()
+
+    def fail_over(self, reassert):
+        if reassert:
+            self.reasserts += 1
+        else:
+            self.failovers += 1
+        client = _client()
+        clock = _clock(None)
+        addresses = _failover_addresses(None, None)
+        peers = _OutrankingPeers(_outranking_peers(), reassert)
+        tell_master = _master_notifier() if not reassert else lambda report: None
+        report = None
+        try:
+            with _failover_lock(clock), clock:
+                report = _fail_over(
+                    client, clock, addresses, peers=peers, left_master=self.left_master
+                )
+        except CommandExecutionError as exc:
+            _syslog(f"{'re-assert' if reassert else 'failover'} failed: {exc}")
+            return
+        finally:
+            tell_master(report)
+        if report["result"] and not report.get("stood_down"):
+            self.claimed = True
+        if not reassert or _moved_anything(report) or not report["result"]:
+            _syslog(_summary(report, reassert))
+
+
+def _moved_anything(report):
+    entries = [*report["floating_ips"].values(), *report["alias_ips"].values()]
+    return any(entry.get("moved") for entry in entries)
+
+
+def _summary(report, reassert):
+    """One line for the node's log: what a 3 a.m. reader needs first."""
+    what = "re-assert" if reassert else "failover"
+    entries = {**report["floating_ips"], **report["alias_ips"]}
+    moved = [label for label, e in entries.items() if e.get("moved")]
+    failed = [f"{label}: {e['error']}" for label, e in entries.items() if e.get("error")]
+    if report.get("stood_down"):
+        outcome = f"stood down ({report['stood_down']})"
+    elif failed:
+        outcome = "FAILED: " + "; ".join(failed)
+    else:
+        outcome = "succeeded"
+    return (
+        f"{what} to {report['server']['name']} {outcome} in {report['seconds']}s; "
+        f"moved: {', '.join(moved) or 'nothing'}"
+    )
+
+
+def _syslog(message):
+    """The agent's own lines, to the node's log under hcloud_lb, and Salt's log."""
+    log.info("hcloud_ip: agent: %s", message)
+    syslog.openlog("hcloud_lb", syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_NOTICE, message)
+
+
+def _state_file():
+    path = _failover_option("state_file")
+    if path is not None and not isinstance(path, str):
+        raise CommandExecutionError(
+            f"hcloud:failover:state_file must be a file's path, got {_shown(path)}"
+        )
+    return path
+
+
+def _write_state(path, state):
+    if not path:
+        return
+    try:
+        with open(f"{path}.new", "w", encoding="utf-8") as new:
+            new.write(f"{state}\n")
+        os.replace(f"{path}.new", path)
+    except OSError as exc:
+        log.warning("hcloud_ip: cannot record the VRRP state in %s: %s", path, exc)
+
+
+def _recorded_state(path):
+    """The state an agent recorded last (this one, restarted, carries on from it)."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as state_file:
+            return state_file.read().strip() or None
+    except OSError:
+        return None
+
+
+@_arguments_checked
+def agent(fifo, instance, interval=None, reserve=None):
+    """
+    Keep this node's addresses where keepalived says: keepalived's
+    ``vrrp_notify_fifo_script`` runs this (through the formula's agent
+    script, which restarts it should it die), with the FIFO where keepalived
+    writes each VRRP transition, in order.
+
+    On MASTER it fails over at once, from a process already running (its
+    client connected, the IDs known); on BACKUP, FAULT or STOP a failover
+    under way stops before its next round. While MASTER it re-asserts every
+    ``interval`` seconds (hcloud:failover:reassert_interval, default 15),
+    one request when everything is in place, paced by the project's budget:
+    it never spends the bucket below ``reserve`` requests
+    (hcloud:failover:reserve, default 300) except for one check a minute. It
+    records each state in hcloud:failover:state_file, takes
+    hcloud:failover:lock_file while it moves addresses (notify_master's
+    salt-call waits for it), and ends when keepalived closes the FIFO
+    (keepalived reloading or stopping) or a second after SIGTERM.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call --local hcloud_ip.agent /run/hcloud_lb/vrrp.fifo lb
+    """
+    fifo = _text(str(fifo), "fifo")
+    instance = _text(str(instance), "instance")
+    if interval is None:
+        interval = _failover_option("reassert_interval", DEFAULT_REASSERT_INTERVAL)
+    interval = _seconds(interval, "interval")
+    if reserve is None:
+        reserve = _failover_option("reserve", DEFAULT_RESERVE)
+    if not isinstance(reserve, int) or isinstance(reserve, bool) or reserve < 0:
+        raise CommandExecutionError(f"reserve must be a number of requests, got {_shown(reserve)}")
+    return _Agent(fifo, instance, interval, reserve).run()

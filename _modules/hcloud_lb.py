@@ -203,7 +203,7 @@ KNOWN = {
     "haproxy": {"stats_socket", "monitor", "prometheus", "timeouts"},
     "haproxy:prometheus": {"enabled", "bind"},
     "haproxy:timeouts": {"connect", "client", "server", "tunnel"},
-    "hook": {"deadline", "reassert_interval"},
+    "hook": {"deadline", "reassert_interval", "reserve"},
 }
 
 
@@ -907,6 +907,7 @@ def _check_hook(errors, hook):
         errors.number(
             f"hook:{key}", hook.get(key), 0, 3600, "a positive number of seconds (at most 3600)"
         )
+    errors.integer("hook:reserve", hook.get("reserve"), 0, 3600, "a number of requests")
 
 
 def _executable_on_the_node(path):

@@ -71,13 +71,13 @@ class MasterlessNode:
     them; for scripts (tests use salt-factories' minion configs instead).
     """
 
-    def __init__(self, root, minion_id, cloud, **options):
+    def __init__(self, root, minion_id, cloud, module_dir=REPO, **options):
         self.config_dir = Path(root) / minion_id / "salt"
         (self.config_dir / "minion.d").mkdir(parents=True)
         minion = {
             "id": minion_id,
             "file_client": "local",
-            "module_dirs": [str(REPO)],
+            "module_dirs": [str(module_dir)],
             "root_dir": str(Path(root) / minion_id),
             "log_file": str(Path(root) / minion_id / "minion.log"),
         }

@@ -17,6 +17,12 @@ the failover hook's config is removed:
     - require:
       - sls: {{ tplroot }}.keepalived.service.clean
 
+the failover hook's run directory is no longer made at boot:
+  file.absent:
+    - name: /etc/tmpfiles.d/hcloud_lb.conf
+    - require:
+      - sls: {{ tplroot }}.keepalived.service.clean
+
 the failover hook's cache is removed:
   file.absent:
     - name: {{ hcloud_lb.lookup.hook_cache_dir }}

@@ -28,6 +28,26 @@ the failover hook's cache directory is root's:
     - mode: '0700'
     - makedirs: true
 
+{#- keepalived makes the agent's FIFO here when it starts: the directory must
+    be there before it, at boot too (/run is empty then). #}
+the failover hook's run directory is root's:
+  file.directory:
+    - name: {{ hcloud_lb.lookup.run_dir }}
+    - user: root
+    - group: root
+    - mode: '0700'
+    - makedirs: true
+
+the failover hook's run directory is made at boot:
+  file.managed:
+    - name: /etc/tmpfiles.d/hcloud_lb.conf
+    - contents: |
+        # Managed by Salt (hcloud_lb): keepalived's FIFO to the failover agent.
+        d {{ hcloud_lb.lookup.run_dir }} 0700 root root -
+    - user: root
+    - group: root
+    - mode: '0644'
+
 the failover hook has the hcloud_ip module:
   file.managed:
     - name: {{ config_dir }}/_modules/hcloud_ip.py

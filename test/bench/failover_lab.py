@@ -270,7 +270,8 @@ class SeedsLab(Lab):
             node = self.nodes[role]
             node.run("/etc/init.d/keepalived", "stop", check=True)
             _wait_for(lambda n=node: not live_processes(n, "keepalived"), 20, "keepalived stop")
-            node.run("pkill", "-f", "reassert-loop")
+            # keepalived's stop ends our agent; make sure, and drop its state.
+            node.run("pkill", "-f", "hcloud_ip.agent")
             node.run("rm", "-f", "/run/hcloud_lb/state")
         for role, node in self.nodes.items():
             conf = SEEDS_KEEPALIVED.format(**settings[role])

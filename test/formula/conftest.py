@@ -131,6 +131,17 @@ def _processes_mentioning(*fragments):
     return pids
 
 
+def agent_pids():
+    """The failover agent's salt-call processes (keepalived's FIFO script runs one)."""
+    return [pid for pid in _processes_mentioning("hcloud_ip.agent") if pid_of_salt_call(pid)]
+
+
+def pid_of_salt_call(pid):
+    with contextlib.suppress(OSError):
+        return b"salt-call" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
 @pytest.fixture(scope="module")
 def netns():
     """Two namespaces: the node (ens10 for VRRP, eth0 public) and its peer."""
@@ -273,7 +284,7 @@ def _teardown(node, netns, saved_haproxy_cfg):
     # Whatever the clean states left (a failed test may have broken them).
     for script in ("/etc/init.d/keepalived", "/etc/init.d/haproxy"):
         in_netns(netns, script, "stop")
-    for pidfile in ("/run/hcloud_lb/reassert.pid", "/run/keepalived.pid", "/run/haproxy.pid"):
+    for pidfile in ("/run/keepalived.pid", "/run/haproxy.pid"):
         pid = pid_of(pidfile)
         if pid:
             os.kill(pid, signal.SIGTERM)

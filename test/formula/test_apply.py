@@ -16,6 +16,7 @@ import pytest
 from helpers import wait_for
 
 from .conftest import (
+    agent_pids,
     changed,
     http_get,
     in_netns,
@@ -63,14 +64,13 @@ def test_first_apply_succeeds_and_both_daemons_run(deployed):
 
 
 def assert_master_holding_the_alias_ip(netns):
-    """keepalived is MASTER, holds the alias IP, and runs the re-assert loop."""
+    """keepalived is MASTER, holds the alias IP, and its failover agent runs."""
     state = Path("/run/hcloud_lb/state")
     assert wait_for(lambda: state.exists() and state.read_text().strip() == "MASTER", 20)
     addrs = in_netns(netns, "ip", "-o", "addr", "show", "dev", "ens10").stdout
     assert " 10.231.0.100/32 " in addrs
-    # The re-assert loop runs while MASTER (notify records MASTER, then starts
-    # the loop and writes its pid file: wait for that).
-    assert wait_for(lambda: pid_of("/run/hcloud_lb/reassert.pid"), 5)
+    # keepalived started the agent on its FIFO; the agent recorded MASTER.
+    assert wait_for(agent_pids, 5)
 
 
 def assert_serving_from_both_backends(netns):

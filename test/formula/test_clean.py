@@ -70,7 +70,7 @@ def deploy(node, cloud, **overrides):
     assert ret.returncode == 0, ret.stdout[-3000:]
     assert pid_of("/run/haproxy.pid")
     state = Path("/run/hcloud_lb/state")
-    assert wait_for(lambda: pid_of("/run/hcloud_lb/reassert.pid"), 20), (
+    assert wait_for(lambda: state.exists() and state.read_text().strip() == "MASTER", 20), (
         "keepalived is not MASTER",
         pid_of("/run/keepalived.pid"),
         state.exists() and state.read_text(),

@@ -4,6 +4,7 @@ supported OS, and pillar.example validated and rendered.
 """
 
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -202,8 +203,7 @@ def failover_hook(tmp_path, netns):
         "keepalived/files/failover.jinja",
         f"salt_call={stub}",
         "hook_config_dir=/etc/hcloud_lb/salt",
-        f"run_dir={tmp_path / 'run'}",  # its lock elsewhere than the node's /run/hcloud_lb
-        "deadline=30",
+        "instance=lb",
         "default_renderer=jinja",
     )
     hook = tmp_path / "failover"
@@ -221,25 +221,17 @@ def failover_hook(tmp_path, netns):
     return run
 
 
-def test_only_the_reassert_loop_asks_the_failover_to_yield(tmp_path, netns):
+def test_the_failover_hook_says_when_keepalived_ran_it(tmp_path, netns):
+    # A state the agent records after that (the node left MASTER meanwhile)
+    # stops the failover; an older one does not (hcloud_ip.failover since=).
     hook = failover_hook(tmp_path, netns)
-    assert hook().endswith(" hcloud_ip.failover")
-    assert hook("reassert").endswith(" hcloud_ip.failover reassert=True")
-    assert hook("test").endswith(" hcloud_ip.failover")
-
-
-def test_the_reassert_loop_claims_all_until_a_claim_has_succeeded(tmp_path, netns):
-    # notify_master failed (the API was down past its deadline): the peer that
-    # outranks this node and holds the addresses may be the master that died,
-    # so the loop must not leave them to it.
-    hook = failover_hook(tmp_path, netns)
-    assert hook(status_code=1).endswith(" hcloud_ip.failover")
-    assert hook("reassert", status_code=1).endswith(" hcloud_ip.failover")
-    assert hook("reassert").endswith(" hcloud_ip.failover")
-    assert hook("reassert").endswith(" hcloud_ip.failover reassert=True")
-    # The next notify_master starts over: until it succeeds, nothing is left to a peer.
-    assert hook(status_code=1).endswith(" hcloud_ip.failover")
-    assert hook("reassert").endswith(" hcloud_ip.failover")
+    before = time.time()
+    line = hook()
+    after = time.time()
+    head, _, since = line.rpartition(" since=")
+    assert head.endswith(" hcloud_ip.failover"), line
+    assert before <= float(since) <= after, line
+    assert hook("test", status_code=1).rpartition(" since=")[0].endswith(" hcloud_ip.failover")
 
 
 def test_validate_from_the_command_line_checks_the_merged_settings(tmp_path, netns):

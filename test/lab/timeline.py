@@ -17,7 +17,9 @@ SYSLOG_MARKS = (
     ("Entering MASTER STATE", "", "becomes MASTER"),
     ("failover (notify_master) starting", "", "failover hook starts"),
     ("failover (notify_master) exited with 0", "", "failover hook done"),
-    ("failover (reassert", " starting", "re-assert starts"),
+    ("keepalived: ", " is MASTER", "agent: MASTER"),
+    ("failover to ", " in ", "agent: failover done"),
+    ("re-assert to ", " in ", "agent: re-assert moved"),
 )
 
 

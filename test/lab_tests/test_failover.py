@@ -333,3 +333,58 @@ def assert_nothing_left(lab):
                 leftovers.append(int(entry.name))
     assert not leftovers, leftovers
     assert str(lab.workdir) not in Path("/proc/self/mountinfo").read_text()
+
+
+def agent_pids(lab, role):
+    """The node's failover agent: the salt-call that keepalived's FIFO script keeps running."""
+    found = lab.nodes[role].run("pgrep", "-f", "salt-call.*hcloud_ip.agent").stdout.split()
+    return sorted(int(pid) for pid in found)
+
+
+def test_the_agent_killed_with_sigkill_is_back_and_the_node_still_fails_over(lab, traffic):
+    (before,) = agent_pids(lab, SECONDARY)
+    lab.nodes[SECONDARY].run("kill", "-KILL", str(before), check=True)
+    # keepalived does not restart its FIFO script's child: the agent script does.
+    assert wait_for(lambda: len(agent_pids(lab, SECONDARY)) == 1, 20), lab.describe()
+    assert agent_pids(lab, SECONDARY) != [before]
+    assert "agent exited with 137; starting it again" in lab.nodes[SECONDARY].syslog()
+    report = fail_over(lab, traffic, lambda: lab.kill_haproxy(PRIMARY), "haproxy killed", SECONDARY)
+    assert report.failover_seconds < SWITCH_BOUND, report.lines()
+    assert_none_failed_after_switch(lab, report)
+
+
+def test_keepalived_reloaded_in_the_middle_of_a_failover_still_ends_with_everything_moved(lab):
+    # Slow moves: the reload (a pillar change applied) lands while the agent
+    # waits for them. keepalived stops that agent and starts a new one on a
+    # new FIFO, telling it the state: the new one finishes the job.
+    lab.api.configure(action_duration=4.0)
+    lab.api.clear_requests()
+    lab.kill_haproxy(PRIMARY)
+    assert wait_for(lambda: [r for r in lab.api.requests() if r["method"] == "POST"], 30), (
+        lab.describe()
+    )
+    old = agent_pids(lab, SECONDARY)
+    lab.nodes[SECONDARY].run("/etc/init.d/keepalived", "reload", check=True)
+    assert wait_for(lambda: agent_pids(lab, SECONDARY) and agent_pids(lab, SECONDARY) != old, 20), (
+        lab.describe()
+    )
+    lab.api.configure(action_duration=lab.action_duration)
+    assert wait_for(lambda: lab.all_on(SECONDARY), 60), lab.describe()
+    assert lab.master_node() == SECONDARY
+    assert len(agent_pids(lab, SECONDARY)) == 1
+
+
+def test_vrrp_flapping_ends_with_every_address_on_the_final_master(lab):
+    # MASTER, BACKUP, MASTER on lb2 within a fraction of a second: haproxy
+    # killed and started again on lb1 at once, twice. Whatever the order the
+    # notifications would have run in, the agent reads them in keepalived's.
+    for _ in range(2):
+        lab.kill_haproxy(PRIMARY)
+        lab.start_haproxy(PRIMARY)
+    assert wait_for(lambda: lab.master_node() == PRIMARY and lab.all_on(PRIMARY), 60), (
+        lab.describe()
+    )
+    lab.api.wait_idle(timeout=60)
+    for _ in range(6):
+        time.sleep(0.5)
+        assert lab.all_on(PRIMARY), lab.describe()

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
-# keepalived's health check, notify and failover hook scripts. With
+# keepalived's health check, agent and failover hook scripts. With
 # enable_script_security keepalived runs a script only when it and every
 # directory above it are owned by root and not writable by group or other;
 # `keepalived -t` does not check that, so the last state here does.
@@ -18,18 +18,20 @@ include:
                              'timeout': check.timeout,
                              'probe_interval': check.probe_interval,
                              'window': [check.interval - check.probe_interval, 0] | max} %}
-{%-   set notify_context = {'hook': scripts_dir ~ '/failover',
-                              'interval': hcloud_lb.hook.reassert_interval,
-                              'run_dir': hcloud_lb.lookup.run_dir} %}
-{%-   set failover_context = {'salt_call': hcloud_lb.lookup.salt_call,
-                                'hook_config_dir': hcloud_lb.lookup.hook_config_dir,
-                                'run_dir': hcloud_lb.lookup.run_dir,
-                                'deadline': hcloud_lb.hook.deadline} %}
+{%-   set hook_context = {'salt_call': hcloud_lb.lookup.salt_call,
+                            'hook_config_dir': hcloud_lb.lookup.hook_config_dir,
+                            'instance': hcloud_lb.name} %}
 {%-   set scripts = {
         'check_haproxy': {'mode': '0755', 'context': check_context},
-        'notify': {'mode': '0700', 'context': notify_context},
-        'failover': {'mode': '0700', 'context': failover_context},
+        'agent': {'mode': '0700', 'context': hook_context},
+        'failover': {'mode': '0700', 'context': hook_context},
       } %}
+
+{#- Before the agent, one notify script recorded the state and ran a re-assert
+    loop: gone with the upgrade. #}
+keepalived's former notify script is gone:
+  file.absent:
+    - name: {{ scripts_dir }}/notify
 
 keepalived's scripts directory is root's:
   file.directory:

@@ -19,12 +19,12 @@ keepalived is stopped and disabled:
 
 {#- Debian's init script stops keepalived without waiting for it to exit (an
     apply right after would find it still running, and not start a new one),
-    the notify script's re-assert loop outlives it until its next tick, and a
-    failover hook it or notify_master started may still run (and write into
-    the run dir): wait for keepalived (its own pid file, which it removes on
-    exit), end the loop, and wait for the hook's lock, so nothing is left
-    running or written after the run dir is removed. #}
-keepalived has exited, with its re-assert loop and failover hook:
+    and the agent (told by keepalived) or a failover hook notify_master
+    started may still run a moment (and write into the run dir): wait for
+    keepalived (its own pid file, which it removes on exit), then for the
+    failover lock, so nothing is left running or written after the run dir
+    is removed. #}
+keepalived has exited, with its agent and failover hook:
   cmd.run:
     - name: |-
         i=0
@@ -34,10 +34,6 @@ keepalived has exited, with its re-assert loop and failover hook:
             i=$((i + 1))
         done
         [ -d {{ run_dir | quote }} ] || exit 0
-        pid=$(cat {{ run_dir | quote }}/reassert.pid 2>/dev/null)
-        if [ -n "$pid" ] && grep -qa -e --reassert-loop /proc/"$pid"/cmdline 2>/dev/null; then
-            kill "$pid"
-        fi
         flock -w 90 {{ run_dir | quote }}/failover.lock true
     - onlyif: test -d {{ run_dir | quote }} || test -e /run/keepalived.pid
     - require:
@@ -47,4 +43,4 @@ keepalived's recorded state is removed:
   file.absent:
     - name: {{ run_dir }}
     - require:
-      - cmd: keepalived has exited, with its re-assert loop and failover hook
+      - cmd: keepalived has exited, with its agent and failover hook
