@@ -2460,13 +2460,15 @@ class _Agent:
             self.reasserts += 1
         else:
             self.failovers += 1
-        client = _client()
-        clock = _clock(None)
-        addresses = _failover_addresses(None, None)
-        peers = _OutrankingPeers(_outranking_peers(), reassert)
         tell_master = _master_notifier() if not reassert else lambda report: None
         report = None
         try:
+            # A bad option or token fails this failover, not the agent: it
+            # tries again at the next re-assert (after an apply fixed it).
+            client = _client()
+            clock = _clock(None)
+            addresses = _failover_addresses(None, None)
+            peers = _OutrankingPeers(_outranking_peers(), reassert)
             with _failover_lock(clock), clock:
                 report = _fail_over(
                     client, clock, addresses, peers=peers, left_master=self.left_master
