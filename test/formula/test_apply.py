@@ -185,6 +185,31 @@ def test_a_config_haproxy_rejects_leaves_haproxy_serving(deployed, fakecloud_pro
         deployed.set_pillar(lab_pillar(fakecloud_process.cloud))
 
 
+def test_a_changed_hook_config_gives_keepalived_a_new_agent_and_keeps_its_state(
+    deployed, fakecloud_process
+):
+    # The agent reads its config once, when keepalived starts it: a changed
+    # hook config (here its deadline) reloads keepalived, which starts a new
+    # agent; keepalived itself and its MASTER state stay.
+    assert_master_holding_the_alias_ip(deployed.netns)
+    (agent,) = agent_pids()
+    keepalived = pid_of("/run/keepalived.pid")
+    pillar = lab_pillar(fakecloud_process.cloud)
+    pillar["hcloud_lb"]["hook"] = {"deadline": 25}
+    deployed.set_pillar(pillar)
+    try:
+        ret = deployed.apply()
+        assert ret.returncode == 0, ret.stdout[-3000:]
+        assert wait_for(lambda: len(agent_pids()) == 1 and agent_pids() != [agent], 20), (
+            agent_pids()
+        )
+        assert pid_of("/run/keepalived.pid") == keepalived
+        assert Path("/run/hcloud_lb/state").read_text().strip() == "MASTER"
+    finally:
+        deployed.set_pillar(lab_pillar(fakecloud_process.cloud))
+        deployed.apply()
+
+
 def test_a_changed_config_reloads_haproxy_without_dropping_connections(deployed, fakecloud_process):
     # A TCP connection established before the reload, its request half sent,
     # completes after it: the old process finishes it while the new one

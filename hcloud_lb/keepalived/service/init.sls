@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 # A changed config reloads keepalived (SIGHUP): the instance keeps its state.
+# So does a changed hook config or module: keepalived starts the failover
+# agent anew on reload, and the agent reads its config when it starts.
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/libvalidate.jinja" import errors, hcloud_lb with context %}
 
@@ -30,6 +32,8 @@ keepalived is running:
       - sls: {{ tplroot }}.hook
     - watch:
       - file: keepalived's config is managed
+      - file: the failover hook's minion config is managed
+      - file: the failover hook has the hcloud_ip module
 
 {#- service.running says only "failed to start"; this puts keepalived's own
     words into the run, as this state's comment (stateful: its stderr). With
