@@ -59,6 +59,7 @@ import signal
 import syslog
 import threading
 import time
+from pathlib import Path
 
 from salt.exceptions import CommandExecutionError
 
@@ -2023,7 +2024,10 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False, s
     since
         When keepalived ran notify_master (a UNIX time, as the formula's hook
         passes it): only a state recorded after it stops the failover, not
-        one from before the transition or from an agent that is gone.
+        one from before the transition or from an agent that is gone. When
+        the agent's claim succeeded after it (it records that beside the
+        state file), this run checks as a re-assert (``reassert``): claiming
+        everything again would start a tug of war in a split brain.
 
     With ``hcloud:failover:lock_file`` the failover takes turns with the
     agent: it waits for the agent's moves (at most half its deadline: a hung
@@ -2055,6 +2059,12 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False, s
     report = None
     try:
         with _failover_lock(clock), clock:
+            if since is not None and _claimed_since(since):
+                # The agent claimed everything for this very transition: what
+                # is left to do is a re-assert's check. Claiming all once more
+                # would start a tug of war in a split brain.
+                log.info("hcloud_ip: the agent claimed the addresses since %.3f", since)
+                peers.reassert = True
             report = _fail_over(client, clock, addresses, peers=peers, left_master=left_master)
     finally:
         tell_master(report)
@@ -2480,6 +2490,8 @@ class _Agent:
             tell_master(report)
         if report["result"] and not report.get("stood_down"):
             self.claimed = True
+            if not reassert:
+                _mark_claimed(self.state_file)
         if not reassert or _moved_anything(report) or not report["result"]:
             _syslog(_summary(report, reassert))
 
@@ -2532,6 +2544,24 @@ def _write_state(path, state):
         os.replace(f"{path}.new", path)
     except OSError as exc:
         log.warning("hcloud_ip: cannot record the VRRP state in %s: %s", path, exc)
+
+
+def _mark_claimed(state_file):
+    """Say when this agent's claim last succeeded (``_claimed_since``)."""
+    if state_file:
+        try:
+            Path(f"{state_file}.claimed").touch()
+        except OSError as exc:
+            log.warning("hcloud_ip: cannot record the claim beside %s: %s", state_file, exc)
+
+
+def _claimed_since(since):
+    """Whether the agent's claim succeeded after ``since`` (notify_master's own start)."""
+    state_file = _state_file()
+    try:
+        return bool(state_file) and os.stat(f"{state_file}.claimed").st_mtime >= since
+    except OSError:
+        return False
 
 
 def _recorded_state(path):

@@ -325,3 +325,35 @@ def test_notify_master_goes_ahead_after_half_its_deadline_when_a_hung_agent_hold
     # It waited half its deadline (3 s) for the lock, then moved everything
     # within the rest; plus salt-call's own start.
     assert 3 <= took < 6 + 5
+
+
+def test_notify_master_after_the_agent_claimed_checks_as_a_re_assert(
+    node, cloud, project, tmp_path
+):
+    # lb-backup outranks this node. The agent claimed everything for this
+    # transition; then lb-backup, MASTER too (a split brain), takes lb-http
+    # back. notify_master's failover, running after the agent's claim, must
+    # not claim all once more (a tug of war): it leaves lb-http to lb-backup.
+    options = yaml.safe_load(node.options_file.read_text())["hcloud"]
+    options["failover"]["yield_to"] = ["lb-backup"]
+    node.set_options(options)
+    agent = start_agent(node, tmp_path)
+    try:
+        since = time.time()
+        agent.keepalived.say("MASTER")
+        assert wait_for(lambda: everything_on(cloud, project, "master"), 20), agent.log()
+        assert wait_for((tmp_path / "state.claimed").exists, 20), agent.log()
+        client = cloud.client()
+        fip = client.floating_ips.get_by_id(project["fip"]["id"])
+        client.floating_ips.assign(fip, client.servers.get_by_id(project["backup"]["id"]))
+        cloud.wait_idle()
+        ret = node.call("hcloud_ip.failover", f"since={since}")
+        assert ret.returncode == 0, ret.stdout + ret.stderr
+        (entry,) = ret.data["floating_ips"].values()
+        assert entry["comment"].endswith(
+            "held by lb-backup, which outranks this node; left there (re-assert)"
+        ), entry
+        holder = next(f for f in cloud.state()["floating_ips"] if f["id"] == project["fip"]["id"])
+        assert holder["server"] == project["backup"]["id"]
+    finally:
+        stop_agent(agent)
