@@ -1191,11 +1191,6 @@ class _Snapshot:
                 holders[server_id] = aliases
         return holders
 
-    def server_ref(self, server_id):
-        if server_id is None:
-            return None
-        return {"id": server_id, "name": self.names.get(server_id)}
-
     def is_one_of(self, server_id, refs):
         """Whether refs name the server, by name or ID."""
         return server_id is not None and bool({str(server_id), self.names.get(server_id)} & refs)
