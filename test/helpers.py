@@ -1,5 +1,6 @@
 """Paths and small helpers the tests, the demo and the benchmarks share."""
 
+import inspect
 import re
 import subprocess
 import time
@@ -27,6 +28,23 @@ def readme_seeds():
         else:
             pillars[seed] = yaml.safe_load(text)
     return pillars, files
+
+
+def engine_functions():
+    """
+    The public functions of the failover engine (_utils/hcloud_failover.py)
+    as Salt's loader hands them to hcloud_ip in __utils__, for unit tests
+    that load hcloud_ip with salt-factories' loader mocks.
+    """
+    from _utils import hcloud_failover  # noqa: PLC0415 (needs hcloud, which not every user has)
+
+    return {
+        f"hcloud_failover.{name}": func
+        for name, func in vars(hcloud_failover).items()
+        if not name.startswith("_")
+        and inspect.isfunction(func)
+        and func.__module__ == hcloud_failover.__name__
+    }
 
 
 def wait_for(predicate, timeout=15, interval=0.2):

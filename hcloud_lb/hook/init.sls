@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 # The failover hook's own Salt config, root only: a minion config with the
-# hcloud options (token included) and a copy of the hcloud_ip module, so
+# hcloud options (token included) and copies of the hcloud_ip module and its
+# engine, so
 # `salt-call -c DIR --local hcloud_ip.failover` works without a master or a
 # minion cache (salt-ssh nodes included).
 {%- set tplroot = tpldir.split('/')[0] %}
@@ -60,6 +61,21 @@ the failover hook has the hcloud_ip module:
     - require:
       - file: the failover hook's config directory is root's
 
+{#- The engine beneath hcloud_ip: the hook's salt-call loads it from here
+    (module_dirs), so the hook needs no master and no synced extension
+    modules, salt-ssh nodes included. #}
+the failover hook has the hcloud_failover engine:
+  file.managed:
+    - name: {{ config_dir }}/_utils/hcloud_failover.py
+    - source: salt://_utils/hcloud_failover.py
+    - user: root
+    - group: root
+    - mode: '0600'
+    - dir_mode: '0700'
+    - makedirs: true
+    - require:
+      - file: the failover hook's config directory is root's
+
 the failover hook's minion config is managed:
   file.managed:
     - name: {{ config_dir }}/minion
@@ -87,5 +103,6 @@ the failover hook knows the IDs of this node, its peers and its addresses:
     - success_retcodes: [1]
     - onchanges:
       - file: the failover hook has the hcloud_ip module
+      - file: the failover hook has the hcloud_failover engine
       - file: the failover hook's minion config is managed
 {%- endif %}

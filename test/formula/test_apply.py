@@ -129,6 +129,7 @@ def test_secrets_stay_in_root_only_files(deployed, fakecloud_process):
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, mode), path
     assert token in (HOOK_DIR / "minion").read_text()
     assert (HOOK_DIR / "_modules" / "hcloud_ip.py").exists()
+    assert (HOOK_DIR / "_utils" / "hcloud_failover.py").exists()
     # Neither on a command line.
     emulator = fakecloud_process.process.pid  # started with --token by the test harness
     for proc in Path("/proc").iterdir():

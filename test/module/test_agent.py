@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from _modules import hcloud_ip
+from _utils import hcloud_failover as engine
 from helpers import SALT_CALL, wait_for
 
 pytestmark = pytest.mark.salt_call
@@ -283,9 +283,7 @@ def test_a_failover_under_a_nearly_spent_budget_completes_within_its_deadline(
 def test_the_re_assert_paces_itself_by_the_budget(remaining, pause):
     # 3600 an hour refill one a second; a reserve of 300.
     reset = time.time() + (3600 - remaining)
-    assert hcloud_ip._reassert_pause(15, 300, (3600, remaining, reset)) == pytest.approx(
-        pause, abs=1
-    )
+    assert engine._reassert_pause(15, 300, (3600, remaining, reset)) == pytest.approx(pause, abs=1)
 
 
 def test_the_agent_checks_the_cached_ids_when_it_starts(node, cloud, project, tmp_path):

@@ -12,7 +12,7 @@ import time
 import pytest
 from hcloud.servers import Server
 
-from _modules.hcloud_ip import REQUEST_TIMEOUT_FLOOR
+from _utils.hcloud_failover import REQUEST_TIMEOUT_FLOOR
 from helpers import wait_for
 
 pytestmark = pytest.mark.salt_call

@@ -19,6 +19,8 @@ from salt.exceptions import CommandExecutionError
 
 from _modules import hcloud_ip
 from _states import hcloud_ip as hcloud_ip_state
+from _utils import hcloud_failover as engine
+from helpers import engine_functions
 
 
 def config_getter(options):
@@ -58,9 +60,20 @@ def configure_loader_modules(options, state_salt):
             "__salt__": {"config.get": config_getter(options)},
             "__opts__": {"id": "lb-master", "test": False},
             "__context__": {},
+            "__utils__": engine_functions(),
         },
         hcloud_ip_state: {"__salt__": state_salt, "__opts__": {"test": False}},
     }
+
+
+@pytest.fixture(autouse=True)
+def engine_bound(configure_loader_modules):
+    """The engine's private functions run bound to hcloud_ip's loader, as its calls bind them."""
+    token = engine._LOADER.set(
+        engine.loader(hcloud_ip.__salt__, hcloud_ip.__opts__, hcloud_ip.__context__)
+    )
+    yield
+    engine._LOADER.reset(token)
 
 
 def fip(fip_id, name, ip, server_id=None):
@@ -89,13 +102,13 @@ FIPS = [
     ],
 )
 def test_a_floating_ip_is_found_by_name_id_or_any_address_it_covers(ref, expected):
-    assert hcloud_ip._find_floating_ip(FIPS, ref).id == expected
+    assert engine._find_floating_ip(FIPS, ref).id == expected
 
 
 @pytest.mark.parametrize("ref", ["2001:db8:1:3::1", "198.51.100.9", "lb-gone", "not an ip"])
 def test_an_address_outside_every_floating_ip_is_not_found(ref):
     with pytest.raises(CommandExecutionError, match="not found"):
-        hcloud_ip._find_floating_ip(FIPS, ref)
+        engine._find_floating_ip(FIPS, ref)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +121,7 @@ def test_an_address_outside_every_floating_ip_is_not_found(ref):
         (APIException(502, "Bad Gateway", None), True),
         (requests.exceptions.ConnectionError(), True),
         (requests.exceptions.ReadTimeout(), True),
-        (hcloud_ip._ActionFailed("action 3 failed"), True),
+        (engine._ActionFailed("action 3 failed"), True),
         (APIException("unauthorized", "unable to authenticate", None), False),
         (APIException("forbidden", "read-only token", None), False),
         (APIException("not_found", "not found", None), False),
@@ -117,36 +130,36 @@ def test_an_address_outside_every_floating_ip_is_not_found(ref):
     ],
 )
 def test_only_errors_that_can_heal_are_retried(exc, transient):
-    assert hcloud_ip._is_transient(exc) is transient
+    assert engine._is_transient(exc) is transient
 
 
 def test_a_spent_rate_limit_delays_retries_for_ever_more_refilled_requests(monkeypatch):
     slept = []
-    monkeypatch.setattr(hcloud_ip.time, "sleep", slept.append)
-    monkeypatch.setattr(hcloud_ip.time, "time", lambda: 1000.0)
+    monkeypatch.setattr(engine.time, "sleep", slept.append)
+    monkeypatch.setattr(engine.time, "time", lambda: 1000.0)
     # 3600 an hour, none left, full again in an hour: one request per second.
-    monkeypatch.setattr(hcloud_ip._RateLimit, "last", (3600, 0, 1000 + 3600))
+    monkeypatch.setattr(engine._RateLimit, "last", (3600, 0, 1000 + 3600))
     for attempt in range(3):
-        hcloud_ip._backoff(attempt, hcloud_ip._Clock(30))
+        engine._backoff(attempt, engine._Clock(30))
     assert slept == pytest.approx([1.0, 2.0, 3.0], abs=0.01)
 
 
 def test_backoff_never_sleeps_past_the_deadline(monkeypatch):
     slept = []
-    monkeypatch.setattr(hcloud_ip.time, "sleep", slept.append)
-    monkeypatch.setattr(hcloud_ip._RateLimit, "last", (3600, 0, 10**12))
-    hcloud_ip._backoff(10, hcloud_ip._Clock(0.5))
+    monkeypatch.setattr(engine.time, "sleep", slept.append)
+    monkeypatch.setattr(engine._RateLimit, "last", (3600, 0, 10**12))
+    engine._backoff(10, engine._Clock(0.5))
     assert slept[0] <= 0.5
 
 
 def test_backoff_is_jittered():
-    clock = hcloud_ip._Clock(30)
-    hcloud_ip._RateLimit.last = None
+    clock = engine._Clock(30)
+    engine._RateLimit.last = None
     delays = set()
     for _ in range(20):
-        start = hcloud_ip.time.monotonic()
-        hcloud_ip._backoff(0, clock)
-        delays.add(round(hcloud_ip.time.monotonic() - start, 3))
+        start = engine.time.monotonic()
+        engine._backoff(0, clock)
+        delays.add(round(engine.time.monotonic() - start, 3))
     assert len(delays) > 1
 
 
@@ -158,7 +171,7 @@ def test_retry_gives_up_on_a_permanent_error_at_once():
         raise APIException("unauthorized", "unable to authenticate", None, correlation_id="c1")
 
     with pytest.raises(CommandExecutionError, match=r"refused the token .*c1"):
-        hcloud_ip._retry("listing", refuse, hcloud_ip._Clock(30))
+        engine._retry("listing", refuse, engine._Clock(30))
     assert len(calls) == 1
 
 
@@ -171,13 +184,13 @@ def test_retry_keeps_trying_a_transient_error_within_the_deadline():
             raise error
         return "ok"
 
-    assert hcloud_ip._retry("listing", flaky, hcloud_ip._Clock(30)) == "ok"
+    assert engine._retry("listing", flaky, engine._Clock(30)) == "ok"
 
 
 def test_a_missing_token_names_the_option(options):
     options.pop("token")
     with pytest.raises(CommandExecutionError, match="hcloud:token is not set"):
-        hcloud_ip._client()
+        engine._client()
 
 
 @pytest.mark.parametrize(
@@ -195,7 +208,7 @@ def test_a_missing_token_names_the_option(options):
 def test_a_token_that_is_no_printable_ascii_is_one_line_never_showing_it(options, bad, message):
     options["token"] = "secret" + bad + "token"
     with pytest.raises(CommandExecutionError) as refused:
-        hcloud_ip._client()
+        engine._client()
     text = str(refused.value)
     assert message in text
     assert "\n" not in text
@@ -206,29 +219,29 @@ def test_a_token_that_is_no_printable_ascii_is_one_line_never_showing_it(options
 def test_a_token_that_is_no_string_is_refused(options):
     options["token"] = 1234
     with pytest.raises(CommandExecutionError, match="hcloud:token must be a string"):
-        hcloud_ip._client()
+        engine._client()
 
 
 def test_a_token_files_final_line_break_is_no_part_of_the_token(options):
     options["token"] = "secret-token\n"
-    assert hcloud_ip._token() == "secret-token"
+    assert engine._token() == "secret-token"
 
 
 def test_the_client_is_cached_per_token_and_rebuilt_when_it_changes(options):
-    first = hcloud_ip._client()
-    assert hcloud_ip._client() is first
+    first = engine._client()
+    assert engine._client() is first
     options["token"] = "rotated-token"
-    assert hcloud_ip._client() is not first
+    assert engine._client() is not first
 
 
 def test_the_cache_key_does_not_hold_the_token(options):
-    hcloud_ip._client()
+    engine._client()
     fingerprint, _ = hcloud_ip.__context__["hcloud_ip.client"]
     assert options["token"] not in fingerprint
 
 
 def test_the_library_does_not_retry_behind_our_deadline():
-    client = hcloud_ip._client()
+    client = engine._client()
     assert client._client._retry_max_retries == 0
 
 
@@ -270,7 +283,7 @@ def test_the_library_does_not_retry_behind_our_deadline():
 )
 def test_a_bad_number_of_seconds_is_refused_in_one_line(value):
     with pytest.raises(CommandExecutionError) as refused:
-        hcloud_ip._seconds(value, "deadline")
+        engine._seconds(value, "deadline")
     message = str(refused.value)
     assert message.startswith("deadline must be a number of seconds greater than 0 and at most")
     assert "\n" not in message
@@ -281,30 +294,30 @@ def test_a_bad_number_of_seconds_is_refused_in_one_line(value):
     [(30, 30.0), (0.5, 0.5), ("30", 30.0), ("2.5", 2.5), (".5", 0.5), ("3.", 3.0), (86400, 86400)],
 )
 def test_a_plain_positive_number_of_seconds_is_taken(value, seconds):
-    assert hcloud_ip._seconds(value, "deadline") == seconds
+    assert engine._seconds(value, "deadline") == seconds
 
 
 @pytest.mark.parametrize("value", [float("inf"), "nan", True, 0])
 def test_the_configured_deadline_and_timeout_are_checked_and_named(options, value):
     options["failover"] = {"deadline": value}
     with pytest.raises(CommandExecutionError, match=r"^hcloud:failover:deadline must be"):
-        hcloud_ip._clock(None)
+        engine._clock(None)
     options["request_timeout"] = value
     with pytest.raises(CommandExecutionError, match=r"^hcloud:request_timeout must be"):
-        hcloud_ip._client()
+        engine._client()
 
 
 def test_an_unset_deadline_and_timeout_take_their_defaults(options):
     options["failover"] = {"deadline": None}
-    assert hcloud_ip._clock(None).deadline == hcloud_ip.DEFAULT_DEADLINE
-    assert hcloud_ip._request_timeout() == hcloud_ip.DEFAULT_REQUEST_TIMEOUT
+    assert engine._clock(None).deadline == engine.DEFAULT_DEADLINE
+    assert engine._request_timeout() == engine.DEFAULT_REQUEST_TIMEOUT
 
 
 # ---------------------------------------------------------------- request timeouts
 
 
 def clock_with(remaining):
-    clock = hcloud_ip._Clock(30)
+    clock = engine._Clock(30)
     clock.start -= 30 - remaining
     return clock
 
@@ -315,24 +328,24 @@ def clock_with(remaining):
 )
 def test_a_request_waits_at_most_what_the_deadline_leaves_but_the_floor(remaining, timeout):
     with clock_with(remaining):
-        assert hcloud_ip._capped_timeout(5.0) == pytest.approx(timeout, abs=0.01)
-    assert hcloud_ip._capped_timeout(5.0) == 5.0  # outside the call: request_timeout
+        assert engine._capped_timeout(5.0) == pytest.approx(timeout, abs=0.01)
+    assert engine._capped_timeout(5.0) == 5.0  # outside the call: request_timeout
 
 
 def test_a_request_without_a_timeout_still_ends_with_the_deadline():
     with clock_with(2):
-        assert hcloud_ip._capped_timeout(None) == pytest.approx(2, abs=0.01)
+        assert engine._capped_timeout(None) == pytest.approx(2, abs=0.01)
 
 
 def test_the_parallel_requests_of_a_round_see_the_calls_deadline():
     seen = []
 
     def step():
-        seen.append(hcloud_ip._capped_timeout(5.0))
+        seen.append(engine._capped_timeout(5.0))
         return SimpleNamespace(id=1)
 
     with clock_with(2) as clock:
-        hcloud_ip._run_steps([(None, f"step {n}", step) for n in range(3)], clock)
+        engine._run_steps([(None, f"step {n}", step) for n in range(3)], clock)
     assert seen == pytest.approx([2, 2, 2], abs=0.05)
 
 
@@ -347,9 +360,9 @@ def silent_server():
 
 def test_the_clients_requests_end_with_the_deadline_not_request_timeout(options, silent_server):
     options.update(api_endpoint=silent_server, request_timeout=5)
-    client = hcloud_ip._client()
+    client = engine._client()
     start = time.monotonic()
-    with hcloud_ip._Clock(1), pytest.raises(requests.exceptions.ReadTimeout):
+    with engine._Clock(1), pytest.raises(requests.exceptions.ReadTimeout):
         client.floating_ips.get_all()
     assert time.monotonic() - start == pytest.approx(1, abs=0.3)
 
@@ -357,14 +370,14 @@ def test_the_clients_requests_end_with_the_deadline_not_request_timeout(options,
 def test_failover_refuses_alias_ips_that_are_not_a_mapping(options):
     options["failover"] = {"alias_ips": ["10.0.1.1"]}
     with pytest.raises(CommandExecutionError, match="hcloud:failover:alias_ips must map"):
-        hcloud_ip._failover_addresses(None, None)
+        engine._failover_addresses(None, None)
 
 
 def test_split_accepts_lists_and_comma_separated_strings():
-    assert hcloud_ip._split("a, b,,c", "ips") == ["a", "b", "c"]
-    assert hcloud_ip._split(["a", 7], "ips") == ["a", "7"]
-    assert hcloud_ip._split(12345, "ips") == ["12345"]  # salt-call reads an ID as a number
-    assert hcloud_ip._split(None, "ips") == []
+    assert engine._split("a, b,,c", "ips") == ["a", "b", "c"]
+    assert engine._split(["a", 7], "ips") == ["a", "7"]
+    assert engine._split(12345, "ips") == ["12345"]  # salt-call reads an ID as a number
+    assert engine._split(None, "ips") == []
 
 
 @pytest.mark.parametrize(
@@ -372,7 +385,7 @@ def test_split_accepts_lists_and_comma_separated_strings():
 )
 def test_split_names_the_argument_it_refuses(value):
     with pytest.raises(CommandExecutionError, match=r"^ips must be a list \(or a comma-separated"):
-        hcloud_ip._split(value, "ips")
+        engine._split(value, "ips")
 
 
 @pytest.mark.parametrize(
@@ -437,22 +450,22 @@ def snapshot(fip_holder, aliases):
         for server, ips in zip((ME, TOP, OTHER), aliases, strict=True)
     }
     client = SimpleNamespace(servers=SimpleNamespace(get_by_id=servers.__getitem__))
-    return hcloud_ip._Snapshot(client, None, ME.id, peer_ids=[TOP.id, OTHER.id])
+    return engine._Snapshot(client, None, ME.id, peer_ids=[TOP.id, OTHER.id])
 
 
 def peers(yield_to=("lb-top",), reassert=True):
-    return hcloud_ip._OutrankingPeers(frozenset(yield_to), reassert)
+    return engine._OutrankingPeers(frozenset(yield_to), reassert)
 
 
 def observe(goals, snap):
     """What _converge does with each read: who acts as MASTER, then who holds what."""
     for shared in {goal.peers for goal in goals}:
         shared.notice(goals, snap)
-    hcloud_ip._observe(goals, {}, snap)
+    engine._observe(goals, {}, snap)
 
 
 def floating_ip_goal(yield_to, holder, reassert=True, shared=None):
-    goal = hcloud_ip._FloatingIPGoal("lb-http", ME, shared or peers(yield_to, reassert))
+    goal = engine._FloatingIPGoal("lb-http", ME, shared or peers(yield_to, reassert))
     goal.fip = FloatingIP(id=1, name="lb-http", ip="198.51.100.7")
     snap = snapshot(holder, ([], [], []))
     observe([goal], snap)
@@ -460,7 +473,7 @@ def floating_ip_goal(yield_to, holder, reassert=True, shared=None):
 
 
 def alias_goal(ips, shared):
-    goal = hcloud_ip._AliasGoal("lb-private", ips, ME, shared)
+    goal = engine._AliasGoal("lb-private", ips, ME, shared)
     goal.network = NET
     return goal
 
@@ -473,7 +486,7 @@ def step_names(goal, snap, client=None):
 def test_a_reassert_leaves_a_floating_ip_to_a_peer_that_outranks_this_node(yield_to):
     goal, snap = floating_ip_goal(yield_to, holder=TOP)
     assert goal.steps(snap, MagicMock()) == []
-    assert hcloud_ip._report(goal, {}, snap) == {
+    assert engine._report(goal, {}, snap) == {
         "result": True,
         "moved": False,
         "ip": "198.51.100.7",
@@ -505,7 +518,7 @@ def test_notify_master_leaves_what_an_outranking_peer_takes_back_after_this_run_
     taken = snapshot(TOP, ([], [], []))
     observe([goal], taken)
     assert goal.steps(taken, MagicMock()) == []
-    assert hcloud_ip._report(goal, {}, taken)["comment"] == (
+    assert engine._report(goal, {}, taken)["comment"] == (
         "198.51.100.7 held by lb-top, which outranks this node and took back what this run "
         "moved; left there (split brain)"
     )
@@ -539,9 +552,9 @@ def test_notify_master_takes_back_what_a_peer_it_outranks_took_during_the_run():
 
 
 def test_the_outranking_peers_come_from_the_failover_options(options):
-    assert hcloud_ip._outranking_peers() == frozenset()
+    assert engine._outranking_peers() == frozenset()
     options["failover"] = {"yield_to": ["lb-top", 2]}
-    assert hcloud_ip._outranking_peers() == {"lb-top", "2"}
+    assert engine._outranking_peers() == {"lb-top", "2"}
 
 
 def test_alias_ips_are_released_then_claimed_keeping_each_servers_other_aliases():
@@ -571,7 +584,7 @@ def test_a_reassert_leaves_every_alias_ip_not_here_to_an_outranking_peer_that_ho
     observe([goal], snap)
     assert goal.steps(snap, MagicMock()) == []
     goal.initial = goal._holders(snap)
-    assert hcloud_ip._report(goal, {}, snap)["comment"] == (
+    assert engine._report(goal, {}, snap)["comment"] == (
         "10.0.1.2 on lb-other while lb-top, which outranks this node, takes the addresses; "
         "left for it (re-assert); "
         "10.0.1.1 held by lb-top, which outranks this node; left there (re-assert)"
@@ -589,7 +602,7 @@ def test_a_reassert_leaves_an_alias_ip_on_no_server_while_an_outranking_peer_hol
     observe([fip_goal, alias], released)
     assert alias.steps(released, MagicMock()) == []
     alias.initial = {}
-    assert hcloud_ip._report(alias, {}, released)["comment"] == (
+    assert engine._report(alias, {}, released)["comment"] == (
         "10.0.1.1 on no server while lb-top, which outranks this node, takes the addresses; "
         "left for it (re-assert)"
     )
@@ -631,7 +644,7 @@ def test_notify_master_leaves_an_alias_ip_an_outranking_peer_releases_and_claims
 
 
 def test_without_peers_to_yield_to_every_alias_ip_is_released_first():
-    goal = hcloud_ip._AliasGoal("lb-private", ["10.0.1.1", "10.0.1.2"], ME)
+    goal = engine._AliasGoal("lb-private", ["10.0.1.1", "10.0.1.2"], ME)
     goal.network = NET
     snap = snapshot(ME, ([], ["10.0.1.1"], ["10.0.1.2"]))
     assert sorted(what for what, _ in goal.steps(snap, MagicMock())) == [
@@ -650,11 +663,11 @@ def test_a_failover_watches_the_recorded_vrrp_state(options, tmp_path, recorded,
     if recorded is not None:
         state.write_text(recorded)
     options["failover"] = {"state_file": str(state)}
-    assert hcloud_ip._vrrp_state_watch()() == left_master
+    assert engine._vrrp_state_watch()() == left_master
 
 
 def test_without_a_state_file_a_failover_never_stands_down(options):
-    assert hcloud_ip._vrrp_state_watch()() is None
+    assert engine._vrrp_state_watch()() is None
 
 
 # ---------------------------------------------------------------- the state module

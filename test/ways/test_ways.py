@@ -61,21 +61,26 @@ def only_state(ret):
 # ---------------------------------------------------------------- modules reach the node
 
 
+# hcloud_ip's execution and state modules, and the engine beneath both.
+SHIPPED = {"modules": "hcloud_ip.py", "states": "hcloud_ip.py", "utils": "hcloud_failover.py"}
+
+
 def assert_shipped(extmods):
-    for kind in ("modules", "states"):
-        shipped = extmods / kind / "hcloud_ip.py"
+    for kind, name in SHIPPED.items():
+        shipped = extmods / kind / name
         assert shipped.is_file(), f"{shipped} missing"
-        assert filecmp.cmp(shipped, REPO / f"_{kind}" / "hcloud_ip.py", shallow=False), shipped
+        assert filecmp.cmp(shipped, REPO / f"_{kind}" / name, shallow=False), shipped
 
 
 def test_minion_syncs_the_custom_modules_from_salt(ways_minion):
     extmods = ways_minion.extmods_dir()
-    for kind in ("modules", "states"):  # synced by the fixture: start from none
-        (extmods / kind / "hcloud_ip.py").unlink()
+    for kind, name in SHIPPED.items():  # synced by the fixture: start from none
+        (extmods / kind / name).unlink()
     ret = ways_minion.run("saltutil.sync_all")
     assert ret.returncode == 0, ret
     assert ret.data["modules"] == ["modules.hcloud_ip"], ret.data
     assert ret.data["states"] == ["states.hcloud_ip"], ret.data
+    assert ret.data["utils"] == ["utils.hcloud_failover"], ret.data
     assert_shipped(extmods)
     functions = ways_minion.run("sys.list_functions", "hcloud_ip").data
     assert {"hcloud_ip.whoami", "hcloud_ip.list", "hcloud_ip.failover"} <= set(functions)
@@ -83,7 +88,7 @@ def test_minion_syncs_the_custom_modules_from_salt(ways_minion):
 
 
 def test_salt_ssh_ships_the_custom_modules_itself(ways_ssh):
-    # Any command: salt-ssh packs _modules, _states... of the file_roots and unpacks them
+    # Any command: salt-ssh packs _modules, _states, _utils... of the file_roots and unpacks them
     # in the thin dir's extmods when they changed; no saltutil.sync_* involved.
     functions = ways_ssh.run("sys.list_functions", "hcloud_ip")
     assert functions.returncode == 0, functions

@@ -34,6 +34,7 @@ keepalived is running:
       - file: keepalived's config is managed
       - file: the failover hook's minion config is managed
       - file: the failover hook has the hcloud_ip module
+      - file: the failover hook has the hcloud_failover engine
 
 {#- service.running says only "failed to start"; this puts keepalived's own
     words into the run, as this state's comment (stateful: its stderr). With
