@@ -72,7 +72,7 @@ def __virtual__():
             False,
             f"the {ENGINE} utils module is not loaded: sync it with the formula's _utils "
             "(saltutil.sync_utils); salt-ssh before 3007 does not ship _utils, so there run "
-            "hcloud_ip through the failover hook (salt-call -c /etc/hcloud_lb/hook --local)",
+            "hcloud_ip through the failover hook (salt-call -c /etc/hcloud_lb/salt --local)",
         )
     return __virtualname__
 
