@@ -727,3 +727,16 @@ def test_assigned_turns_module_errors_into_a_failed_state(state_salt):
         "changes": {},
         "comment": "floating IP 'x' not found",
     }
+
+
+def test_without_its_engine_the_module_does_not_load_and_says_why(monkeypatch):
+    # Where _utils was not synced (or salt-ssh before 3007, which does not ship it).
+    monkeypatch.setattr(hcloud_ip, "__utils__", {}, raising=False)
+    loaded, reason = hcloud_ip.__virtual__()
+    assert loaded is False
+    assert "hcloud_failover utils module is not loaded" in reason
+    assert "saltutil.sync_utils" in reason
+
+
+def test_with_its_engine_the_module_loads_as_hcloud_ip():
+    assert hcloud_ip.__virtual__() == "hcloud_ip"
