@@ -2,9 +2,8 @@
 # vim: ft=sls
 # The failover hook's own Salt config, root only: a minion config with the
 # hcloud options (token included) and copies of the hcloud_ip module and its
-# engine, so
-# `salt-call -c DIR --local hcloud_ip.failover` works without a master or a
-# minion cache (salt-ssh nodes included).
+# engine, so `salt-call -c DIR --local hcloud_ip.failover` works without a
+# master or a minion cache (salt-ssh nodes included).
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/libvalidate.jinja" import errors, hcloud_lb with context %}
 
