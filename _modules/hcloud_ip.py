@@ -325,7 +325,7 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False, s
         notify_master path) everything is claimed, wherever it is; once such a
         peer takes back an address this run moved, that peer is MASTER too
         (the split brain seen from below), and every address not here is left
-        to it (``_OutrankingPeers``).
+        to it (``hcloud_failover._OutrankingPeers``).
 
     When ``hcloud:failover:state_file`` names the file where the agent
     records this node's VRRP state (the formula's hook does), the failover

@@ -256,13 +256,11 @@ def _string_option(key, default=None):
 
 
 # --------------------------------------------------------------------------
-# Arguments
+# Argument values (hcloud_ip checks the argument list itself)
 #
-# salt-call answers a TypeError (SaltInvocationError is one) with "Passed
-# invalid arguments" and the function's whole docstring. A wrong argument is
-# an expected failure like a wrong token: one CommandExecutionError line
-# ("Error running 'hcloud_ip.assign': deadline must be ..."), which states
-# show as their comment.
+# A wrong value is an expected failure like a wrong token: one
+# CommandExecutionError line ("Error running 'hcloud_ip.assign': deadline
+# must be ..."), which states show as their comment.
 # --------------------------------------------------------------------------
 
 
