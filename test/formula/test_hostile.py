@@ -297,6 +297,12 @@ CORPUS = [
     (lb(hook={"reassert_interval": "15s"}), "hcloud_lb:hook:reassert_interval"),
     (lb(hook={"reassert_interval": 0}), "hcloud_lb:hook:reassert_interval"),
     (lb(hook={"reassert_interval": [15]}), "hcloud_lb:hook:reassert_interval"),
+    # The reserve is a count of requests within the hourly bucket of 3600.
+    (lb(hook={"reserve": "300 "}), "hcloud_lb:hook:reserve"),
+    (lb(hook={"reserve": True}), "hcloud_lb:hook:reserve"),
+    (lb(hook={"reserve": 3601}), "hcloud_lb:hook:reserve"),
+    (lb(hook={"reserve": -1}), "hcloud_lb:hook:reserve"),
+    (lb(hook={"reserve": 300.5}), "hcloud_lb:hook:reserve"),
     (lb(vrrp={"virtual_router_id": "51\n"}), "hcloud_lb:vrrp:virtual_router_id"),
     (lb(vrrp={"virtual_router_id": "0x33"}), "hcloud_lb:vrrp:virtual_router_id"),
     (lb(vrrp={"virtual_router_id": 51.5}), "hcloud_lb:vrrp:virtual_router_id"),
