@@ -88,6 +88,21 @@ def test_a_request_is_in_the_log_once_answered(cloud):
             assert cloud.requests() == []
 
 
+def test_holders_say_who_holds_each_address_without_spending_the_rate_limit(cloud):
+    server = cloud.create_server("holder")
+    network = cloud.create_network("holders", ip_range="10.9.0.0/16", subnet="10.9.1.0/24")
+    cloud.attach_server(server["id"], network["id"], alias_ips=["10.9.1.50"])
+    held = cloud.create_floating_ip("held", server_id=server["id"])
+    free = cloud.create_floating_ip("free")
+    remaining = int(cloud.api("GET", "/locations").headers["RateLimit-Remaining"])
+    holders = cloud.holders()
+    assert holders["floating_ips"][str(held["id"])] == server["id"]
+    assert holders["floating_ips"][str(free["id"])] is None
+    assert holders["alias_ips"] == {"10.9.1.50": server["id"]}
+    after = int(cloud.api("GET", "/locations").headers["RateLimit-Remaining"])
+    assert after == remaining - 1  # the second /locations only
+
+
 def test_events_long_poll(cloud):
     server = cloud.create_server("new-holder")
     fip = cloud.create_floating_ip("vip")

@@ -193,6 +193,9 @@ def handle(emulator, method, path, query, body):
         return 200, _wait_idle(cloud, query)
     if key == ("GET", "violations"):
         return 200, {"violations": list(emulator.violations)}
+    if key == ("GET", "holders"):
+        with cloud.lock:
+            return 200, cloud.holders()
     if key == ("GET", "state"):
         with cloud.lock:
             return 200, cloud.dump()

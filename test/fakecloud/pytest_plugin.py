@@ -117,6 +117,10 @@ class FakeCloud:
     def state(self):
         return self._control("GET", "state")
 
+    def holders(self):
+        """Who holds each floating IP (by ID) and alias IP, outside the rate limit."""
+        return self._control("GET", "holders")
+
     def populate(self, servers=0, floating_ips=0):
         """A crowd of other servers and floating IPs in the project (``Cloud.populate``)."""
         return self._control(

@@ -605,6 +605,21 @@ class Cloud:
 
     # ---- debugging -----------------------------------------------------------
 
+    def holders(self):
+        """
+        Who holds each address: {"floating_ips": {id: server id or None},
+        "alias_ips": {ip: server id}}, a lab's view that costs the project
+        nothing (no request of its rate limit) and grows with the addresses only.
+        """
+        alias_ips = {
+            alias: server["id"]
+            for server in self.servers.values()
+            for entry in server["private_net"]
+            for alias in entry["alias_ips"]
+        }
+        floating_ips = {str(fip["id"]): fip["server"] for fip in self.floating_ips.values()}
+        return {"floating_ips": floating_ips, "alias_ips": alias_ips}
+
     def dump(self):
         return {
             "servers": [self.render_server(s) for s in self.servers.values()],
