@@ -738,16 +738,27 @@ def _resolved_server(client, ref, ids, clock, what="server"):
 
 
 def _metadata_instance_id():
+    """
+    This server's ID from the metadata service, read once per process: a
+    server's ID does not change while it runs, and the resident agent's
+    re-assert is then its one API request and nothing else. A failed read
+    is not kept, so the next call asks again.
+    """
     endpoint = _string_option("metadata_endpoint", DEFAULT_METADATA_ENDPOINT).rstrip("/")
+    known = _context().get("hcloud_ip.instance_id")
+    if known and known[0] == endpoint:
+        return known[1]
     try:
         response = requests.get(
             f"{endpoint}/instance-id", timeout=_capped_timeout(METADATA_TIMEOUT)
         )
         response.raise_for_status()
-        return int(response.text.strip())
+        instance_id = int(response.text.strip())
     except (requests.exceptions.RequestException, ValueError) as exc:
         log.debug("hcloud_ip: metadata service gave no instance-id: %s", exc)
         return None
+    _context()["hcloud_ip.instance_id"] = (endpoint, instance_id)
+    return instance_id
 
 
 def _identify_this_server(client):

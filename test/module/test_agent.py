@@ -52,7 +52,11 @@ def project(cloud):
 
 @pytest.fixture
 def node(salt_node_factory, cloud, tmp_path, project):
-    """lb-master, configured as the formula configures the hook, its IDs resolved."""
+    """
+    lb-master, configured as the formula configures the hook, its IDs
+    resolved; the metadata service says it is lb-master, as on Hetzner.
+    """
+    cloud.map_metadata_source("127.0.0.1", project["master"]["id"])
     node = salt_node_factory("lb-master")
     node.run_dir = tmp_path
     node.set_options(
@@ -165,6 +169,8 @@ def test_a_master_at_rest_re_asserts_with_one_request_each_time(agent, node, clo
     # Every second (reassert_interval here), one read of this node's server.
     assert 3 <= len(made) <= 7, (made, agent.log()[-3000:])
     assert set(made) == {f"GET /servers/{project['master']['id']}"}, made
+    # Nor the metadata service: the agent knows its server once it has read it.
+    assert not [e for e in cloud.requests() if "/metadata" in e["path"]]
     assert agent.poll() is None
 
 
