@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import markdown_table, write_report
 from fakecloud.pytest_plugin import FakeCloudProcess
 from helpers import REPO, MasterlessNode
 
@@ -132,17 +133,28 @@ def bench(version, module_dir, large, args, root):
 
 
 def table(rows):
-    lines = [
-        "| project | hcloud_ip | requests per failover | polls of actions | "
-        "failover time | first assign after | requests per re-assert (all in place) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+    columns = [
+        "project",
+        "hcloud_ip",
+        "requests per failover",
+        "polls of actions",
+        "failover time",
+        "first assign after",
+        "requests per re-assert (all in place)",
     ]
-    for (name, version), cell in rows.items():
-        lines.append(
-            f"| {name} | {version} | {cell['requests']:g} | {cell['polls']:g} | "
-            f"{cell['seconds']:.2f} s | {cell['first_assign']:.2f} s | {cell['reassert']:g} |"
-        )
-    return "\n".join(lines)
+    cells = [
+        [
+            name,
+            version,
+            f"{cell['requests']:g}",
+            f"{cell['polls']:g}",
+            f"{cell['seconds']:.2f} s",
+            f"{cell['first_assign']:.2f} s",
+            f"{cell['reassert']:g}",
+        ]
+        for (name, version), cell in rows.items()
+    ]
+    return markdown_table(columns, cells, align="ll" + "r" * 5)
 
 
 def main():
@@ -160,16 +172,11 @@ def main():
                     version.split()[0], module_dir, large, args, root
                 )
                 print(f"  {name}, {version}: {cell}")
-    report = table(rows)
     header = (
         f"Medians of {args.repeat} runs; {LATENCY * 1000:g} ms per API answer, 0.5 s actions; "
         "a failover of 2 floating IPs and 1 alias IP, salt-call's start not included in its time"
     )
-    print(f"\n{header}\n{report}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# What a failover costs\n\n{header}\n\n{report}\n")
-    print(f"\nwritten to {out}")
+    write_report(args.out, "What a failover costs", header, table(rows))
 
 
 if __name__ == "__main__":

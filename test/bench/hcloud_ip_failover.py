@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import markdown_table, write_report
 from fakecloud.pytest_plugin import FakeCloudProcess
 from helpers import REPO, MasterlessNode
 
@@ -129,13 +130,18 @@ def table(results):
         "seeds' way (CLI, one by one)",
         "seeds / ours",
     ]
-    lines = ["| " + " | ".join(columns) + " |", "|---:" * len(columns) + "|"]
-    for duration, (_, rows) in results.items():
-        for count, ours_s, seeds_s in rows:
-            cells = [f"{duration:g} s", count, f"{ours_s:.2f} s", f"{seeds_s:.2f} s"]
-            cells.append(f"{seeds_s / ours_s:.1f}x")
-            lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    lines.append("")
+    cells = [
+        [
+            f"{duration:g} s",
+            count,
+            f"{ours_s:.2f} s",
+            f"{seeds_s:.2f} s",
+            f"{seeds_s / ours_s:.1f}x",
+        ]
+        for duration, (_, rows) in results.items()
+        for count, ours_s, seeds_s in rows
+    ]
+    lines = [*markdown_table(columns, cells, align="r" * len(columns)), ""]
     for duration, (startup, rows) in results.items():
         by_count = {count: ours_s for count, ours_s, _ in rows}
         if len(by_count) > 1:
@@ -161,14 +167,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-hcloud-ip-") as tmp:
         for duration in durations:
             results[duration] = bench_duration(duration, counts, args, Path(tmp))
-    report = table(results)
-    print()
-    print(f"Medians of {args.repeat} runs (seeds' way: {args.seeds_repeat}), emulator on loopback")
-    print(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# hcloud_ip failover benchmark\n\n{report}\n")
-    print(f"\nwritten to {out}")
+    header = (
+        f"Medians of {args.repeat} runs (seeds' way: {args.seeds_repeat}), emulator on loopback"
+    )
+    write_report(args.out, "hcloud_ip failover benchmark", header, table(results))
 
 
 if __name__ == "__main__":
