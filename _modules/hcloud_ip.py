@@ -344,8 +344,10 @@ def failover(floating_ips=None, alias_ips=None, deadline=None, reassert=False, s
         everything again would start a tug of war in a split brain.
 
     With ``hcloud:failover:lock_file`` the failover takes turns with the
-    agent: it waits for the agent's moves (at most half its deadline: a hung
-    agent must not hold the addresses hostage) and then finds them done.
+    agent: it waits for the agent's moves as long as the agent shows signs of
+    life (it touches the lock file at every API answer), at most half its
+    deadline without one (a hung agent must not hold the addresses hostage),
+    and then finds them done.
 
     Returns each address's outcome; salt-call's retcode is 1 (shown with
     ``--retcode-passthrough``) unless everything ended on this server, was

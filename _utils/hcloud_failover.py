@@ -23,6 +23,7 @@ pass it along.
 
 import collections
 import concurrent.futures
+import contextlib
 import contextvars
 import fcntl
 import functools
@@ -92,6 +93,7 @@ EVENT_WAIT = 1.0
 POLL_FIRST = 0.1
 POLL_GROWTH = 1.25
 POLL_MAX = 0.5
+LOW_BUDGET = 10  # requests left in the bucket below which polls wait for its refill
 
 # Error codes worth another try: the API is busy, the resource is locked by a
 # running action, or the rate limit is exhausted. Anything else (unauthorized,
@@ -373,6 +375,7 @@ def _trace_response(response, *args, **kwargs):
         )
     except (KeyError, ValueError):
         _RateLimit.last = None
+    _FailoverLock.heartbeat()
     request = response.request
     log.debug(
         "hcloud API %s %s -> %s in %.3fs (correlation id %s)",
@@ -529,6 +532,20 @@ def _backoff(attempt, clock):
             per_request = (reset - time.time()) / limit
             delay = max(delay, per_request * (attempt + 1))
     time.sleep(max(0.0, min(delay, clock.remaining())))
+
+
+def _refill_wait():
+    """
+    Seconds the bucket takes to refill one request when it is all but spent
+    (fewer than LOW_BUDGET left), else 0: a poll must not take the request
+    that the next move needs.
+    """
+    if not _RateLimit.last:
+        return 0.0
+    limit, remaining, reset = _RateLimit.last
+    if remaining >= LOW_BUDGET or limit <= 0:
+        return 0.0
+    return max(0.0, reset - time.time()) / max(1, limit - remaining)
 
 
 def _retry(doing, func, clock=None):
@@ -1445,7 +1462,7 @@ def _wait_for_actions(client, actions, clock):
     failed = []
     interval = POLL_FIRST
     while running and clock.remaining() > 0:
-        time.sleep(min(interval, clock.remaining()))
+        time.sleep(min(max(interval, _refill_wait()), clock.remaining()))
         interval = min(interval * POLL_GROWTH, POLL_MAX)
         try:
             page = client.request("GET", "/actions", params={"id": list(running), "per_page": 50})
@@ -2102,10 +2119,16 @@ IDS_CHECK_DEADLINE = 10.0
 class _FailoverLock:
     """
     hcloud:failover:lock_file, held while addresses move: the agent and
-    notify_master's salt-call take turns. A waiter gives up after ``wait``
-    seconds and goes ahead without it: a hung agent must not keep
+    notify_master's salt-call take turns. The holder touches the file at
+    every answer the API gives it (``heartbeat``), so a waiter tells a busy
+    holder from a hung one: it waits as long as the holder shows signs of
+    life (a failover on an empty bucket takes long, and a second process
+    spending the same refill would only slow both), and goes ahead without
+    the lock once none came for ``wait`` seconds: a hung agent must not keep
     notify_master from moving the addresses within its deadline.
     """
+
+    held = None  # this process's descriptor of the lock while it holds it
 
     def __init__(self, path, wait):
         self.path = path
@@ -2116,16 +2139,18 @@ class _FailoverLock:
         if not self.path:
             return self
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + self.wait
+        waiting_since = time.time()
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _FailoverLock.held = self.fd
                 return self
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                alive = max(waiting_since, os.fstat(self.fd).st_mtime)
+                if time.time() - alive >= self.wait:
                     log.warning(
-                        "hcloud_ip: the failover lock %s is still held after %.1fs "
-                        "(a hung agent?): going ahead without it",
+                        "hcloud_ip: the failover lock %s is held, with no sign of life "
+                        "for %.1fs (a hung agent?): going ahead without it",
                         self.path,
                         self.wait,
                     )
@@ -2134,8 +2159,18 @@ class _FailoverLock:
 
     def __exit__(self, *exc_info):
         if self.fd is not None:
+            if _FailoverLock.held == self.fd:
+                _FailoverLock.held = None
             os.close(self.fd)  # releases the lock
             self.fd = None
+
+    @staticmethod
+    def heartbeat():
+        """The holder is alive: the lock file's time says so to a waiter."""
+        fd = _FailoverLock.held
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
 
 
 def _failover_lock(clock):

@@ -331,6 +331,40 @@ def test_notify_master_goes_ahead_after_half_its_deadline_when_a_hung_agent_hold
     assert 3 <= took < 6 + 5
 
 
+def test_notify_master_waits_past_half_its_deadline_for_an_agent_that_shows_signs_of_life(
+    node, cloud, project
+):
+    options = yaml.safe_load(node.options_file.read_text())["hcloud"]
+    options["failover"]["deadline"] = 6
+    node.set_options(options)
+    path = node.run_dir / "failover.lock"
+    with open(path, "w") as lock:  # a busy agent's: it touches the file at each answer
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        call = subprocess.Popen(
+            [
+                str(SALT_CALL),
+                "-c",
+                str(node.factory.config_dir),
+                "--local",
+                "--retcode-passthrough",
+                "hcloud_ip.failover",
+                f"since={time.time()}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started = time.monotonic()
+        while time.monotonic() - started < 5:  # past half the deadline (3 s)
+            os.utime(path)
+            time.sleep(0.5)
+            assert call.poll() is None, call.stdout.read()
+    out, _ = call.communicate(timeout=60)
+    assert call.returncode == 0, out
+    assert "going ahead without it" not in out, out
+    assert everything_on(cloud, project, "master")
+
+
 def test_notify_master_after_the_agent_claimed_checks_as_a_re_assert(
     node, cloud, project, tmp_path
 ):
