@@ -449,8 +449,20 @@ def _api_error(exc, doing):
     return f"{doing}: {exc}"
 
 
+# True while a re-assert runs: it leaves a spent bucket to the failovers.
+_PERIODIC = contextvars.ContextVar("hcloud_failover_periodic", default=False)
+
+
 def _is_transient(exc):
+    """
+    Whether to retry ``exc`` within the deadline. A re-assert does not retry
+    a spent rate limit: its retries would take, request by request, the
+    refill that a failover elsewhere in the project waits for; its next
+    check comes soon enough.
+    """
     if isinstance(exc, APIException):
+        if _PERIODIC.get() and exc.code in (429, "rate_limit_exceeded"):
+            return False
         if isinstance(exc.code, int):
             return exc.code >= 500 or exc.code in (409, 423, 429)
         return exc.code in TRANSIENT_ERROR_CODES
@@ -517,12 +529,13 @@ class _DeadlineAdapter(HTTPAdapter):
         return super().send(request, timeout=_capped_timeout(timeout), **kwargs)
 
 
-def _backoff(attempt, clock):
+def _backoff(attempt, clock, requests_next=1):
     """
     Full-jitter exponential backoff, never past the deadline. When the rate
-    limit is spent, wait for more refilled requests the longer it lasts: a
-    round needs a few requests in a row, and waiting for just one would let
-    each attempt spend it on its first request and fail on the second.
+    limit is spent, wait until the bucket has refilled what the next try
+    sends (``requests_next``), and more the longer it lasts: a round needs a
+    few requests in a row, and waiting for just one would let each attempt
+    spend it on its first request (a read) and fail on the moves after it.
     """
     delay = random.uniform(0.05, min(3.0, 0.2 * 2**attempt))  # noqa: S311 (jitter, not crypto)
     if _RateLimit.last:
@@ -530,7 +543,7 @@ def _backoff(attempt, clock):
         if remaining <= 0 and limit > 0:
             # The bucket refills evenly until Reset: one request's worth takes this long.
             per_request = (reset - time.time()) / limit
-            delay = max(delay, per_request * (attempt + 1))
+            delay = max(delay, per_request * max(attempt + 1, requests_next))
     time.sleep(max(0.0, min(delay, clock.remaining())))
 
 
@@ -1542,8 +1555,10 @@ def _converge(client, goals, clock, view, *, left_master=lambda: None, periodic=
             # Who held what is read while the moves are on their way, before
             # they take effect: the next round compares with it.
             observe = functools.partial(_observe, goals, failures, snapshot)
-            if _act(client, steps, clock, failures, ids=ids, while_sending=observe):
-                _backoff(attempt, clock)
+            failed = _act(client, steps, clock, failures, ids=ids, while_sending=observe)
+            if failed:
+                # The next round reads this node and a peer, then sends the failed steps again.
+                _backoff(attempt, clock, requests_next=failed + 2)
                 attempt += 1
         try:
             snapshot = view.read(client, clock, goals)
@@ -1699,7 +1714,7 @@ def _pending_steps(client, goals, snapshot, failures):
 
 
 def _act(client, steps, clock, failures, *, ids, while_sending=lambda: None):
-    """Run one round of steps; permanent errors fail their goal. True if anything failed."""
+    """Run one round of steps; permanent errors fail their goal. How many steps failed."""
 
     def moving():
         for goal, what, step in steps:
@@ -1724,7 +1739,7 @@ def _act(client, steps, clock, failures, *, ids, while_sending=lambda: None):
             goal.wide = True
         elif not _is_transient(exc):
             failures[goal] = _api_error(exc, what)
-    return bool(errors)
+    return len(errors)
 
 
 def _is_gone(exc):
@@ -2012,6 +2027,15 @@ def _converge_here(client, clock, addresses, ids, *, peers, left_master):
 
 
 def _fail_over(client, clock, addresses, *, peers, left_master):
+    # Worker threads start in copies of this context: they see it too.
+    periodic = _PERIODIC.set(peers.reassert)
+    try:
+        return _fail_over_as_told(client, clock, addresses, peers=peers, left_master=left_master)
+    finally:
+        _PERIODIC.reset(periodic)
+
+
+def _fail_over_as_told(client, clock, addresses, *, peers, left_master):
     ids = _ids()
     try:
         me, goals, failures, snapshot = _converge_here(

@@ -133,6 +133,20 @@ def test_only_errors_that_can_heal_are_retried(exc, transient):
     assert engine._is_transient(exc) is transient
 
 
+@pytest.mark.parametrize(
+    "exc",
+    [APIException("rate_limit_exceeded", "slow down", None), APIException(429, "Too Many", None)],
+)
+def test_a_re_assert_leaves_a_spent_rate_limit_to_the_failovers(exc):
+    periodic = engine._PERIODIC.set(True)
+    try:
+        assert engine._is_transient(exc) is False
+        assert engine._is_transient(APIException("locked", "locked", None)) is True
+    finally:
+        engine._PERIODIC.reset(periodic)
+    assert engine._is_transient(exc) is True
+
+
 def test_a_spent_rate_limit_delays_retries_for_ever_more_refilled_requests(monkeypatch):
     slept = []
     monkeypatch.setattr(engine.time, "sleep", slept.append)
