@@ -47,6 +47,14 @@ ssl-hello-chk``); a backend server on the loopback address (a web server on
 the load balancer itself) is served on each node. The client speaks HTTPS
 to a TLS balancer, verifying the backends' certificate (the lab's own).
 
+A lab is one load balancer pair. Others join its project as pair 1 (lb3,
+lb4) and 2 (lb5, lb6): ``Lab(project=first, pair=N, masterless=True)`` has
+its own nodes, servers and links into the first lab's cloud, and shares its
+emulator, private network, backends and client. ``crowd`` fills the project
+with other servers and floating IPs, as production projects hold. The lab
+reads who holds what from the emulator's control API, not the API: watching
+must not spend the rate limit the nodes share.
+
 The load balancer nodes are hosts to the formula (nodeinit.py): their own
 /etc, /var, /run, /tmp, /dev, PIDs and hostname, so Debian's haproxy and
 keepalived run under their init scripts, with real VRRP between the nodes
@@ -94,9 +102,23 @@ METADATA_IP = "169.254.169.254"
 API_PORT = 8080
 # The load balancer nodes (minion ids and server names) and their private addresses.
 NODES = {"lb1": "10.241.0.11", "lb2": "10.241.0.12"}
+# The pairs one project holds: a lab is pair 0 (NODES) unless it joins
+# another's project as pair 1 or 2 (``Lab(project=..., pair=...)``).
+PAIRS = (
+    NODES,
+    {"lb3": "10.241.0.13", "lb4": "10.241.0.14"},
+    {"lb5": "10.241.0.15", "lb6": "10.241.0.16"},
+)
 # Their public addresses (eth0): the emulator hands out its pool's lowest free
-# address, and the lab creates lb1, then lb2 (it checks that they got these).
-PUBLIC_NODES = dict(zip(NODES, map(str, ipaddress.ip_network(SERVER_POOL).hosts()), strict=False))
+# address, and the lab creates lb1, then lb2, and the joining pairs after
+# them in order (it checks that they got these).
+PUBLIC_NODES = dict(
+    zip(
+        [role for pair in PAIRS for role in pair],
+        map(str, ipaddress.ip_network(SERVER_POOL).hosts()),
+        strict=False,
+    )
+)
 BACKENDS = {"be1": "10.241.0.21", "be2": "10.241.0.22"}
 # The client's leg in the private network, to reach internal load balancers (alias IPs).
 CLIENT_PRIVATE_IP = "10.241.0.30"
@@ -136,7 +158,7 @@ def line_balancer(port=80):
     }
 
 
-def default_pillar(*, profile="default", floating_ips=2):
+def default_pillar(*, profile="default", floating_ips=2, pair=0):
     """
     The lab's usual pillar: groups ``http`` (floating IP lab-http, 10.240.100.1)
     and ``ws`` (lab-ws, .2, long-lived connections), then ``extra1``... for more
@@ -144,28 +166,36 @@ def default_pillar(*, profile="default", floating_ips=2):
     private network, priorities 254 and 250 (high on both: a backup waits
     (256 - priority) / 256 of an advert interval before it takes over from a
     master that gave up).
+
+    ``pair``: the same for another pair of the project (``PAIRS``), with its
+    own names, addresses and VRRP router: pair 1 is ``lab1`` with floating
+    IPs lab1-http (10.240.100.17), lab1-ws (.18)..., alias IP 10.241.0.101
+    and virtual router 52, on lb3 and lb4.
     """
-    names = ["http", "ws"] + [f"extra{n}" for n in range(1, 16)]
-    addresses = ipaddress.ip_network(FLOATING_POOL).hosts()
+    names = ["http", "ws"] + [f"extra{n}" for n in range(1, 15)]
+    prefix = f"lab{pair}" if pair else "lab"
+    addresses = list(ipaddress.ip_network(FLOATING_POOL).hosts())[16 * pair :]
     groups = {}
     for name, address in zip(names[:floating_ips], addresses, strict=False):
         groups[name] = {
-            "floating_ip": f"lab-{name}",
+            "floating_ip": f"{prefix}-{name}",
             "address": str(address),
             "balancers": {"lines": line_balancer()} if name == "ws" else {"web": web_balancer()},
         }
+    (first, first_address), (second, second_address) = PAIRS[pair].items()
+    alias_ip = str(ipaddress.ip_address("10.241.0.100") + pair)
     return {
         "hcloud_lb": {
-            "name": "lab",
+            "name": prefix,
             "max_connections": 2000,
             "public_interface": "eth0",
-            "vrrp": {"interface": "ens10", "virtual_router_id": 51, "profile": profile},
+            "vrrp": {"interface": "ens10", "virtual_router_id": 51 + pair, "profile": profile},
             "nodes": {
-                "lb1": {"priority": 254, "address": NODES["lb1"]},
-                "lb2": {"priority": 250, "address": NODES["lb2"]},
+                first: {"priority": 254, "address": first_address},
+                second: {"priority": 250, "address": second_address},
             },
             "groups": groups,
-            "alias_ips": {PRIVATE_NETWORK: {"interface": "ens10", "ips": ["10.241.0.100"]}},
+            "alias_ips": {PRIVATE_NETWORK: {"interface": "ens10", "ips": [alias_ip]}},
             "hook": {"deadline": 20, "reassert_interval": 5},
         }
     }
@@ -351,12 +381,23 @@ class Lab:
         pillar_files=None,
         masterless=False,
         action_duration=ACTION_DURATION,
+        project=None,
+        pair=0,
+        crowd=None,
         say=print,
     ):
         self.name = name
         self.workdir = Path(workdir or REPO / ".lab" / name)
         self.masterless = masterless
         self.action_duration = action_duration
+        # Another pair in a lab already up: its cloud, project, client and
+        # backends; masterless, as the lab's salt-master serves its own pair.
+        self.project = project
+        if project is not None and (not masterless or not pair):
+            raise LabError("a pair that joins another lab's project is masterless, pair 1 or 2")
+        self.node_addresses = PAIRS[pair]
+        # {"servers": n, "floating_ips": m}: the project's other servers and floating IPs.
+        self.crowd = crowd
         if pillar is not None and pillar_files is not None:
             raise LabError("the lab takes a whole pillar or pillar files, not both")
         # A pillar tree is compiled when the lab is brought up: its view until then is none.
@@ -366,15 +407,18 @@ class Lab:
             self.user_pillar = _whole_pillar(default_pillar() if pillar is None else pillar)
         self.vrrp_password = secrets.token_hex(4)
         self.say = say
-        self.cloud = Host(self, "cloud")
-        self.client = Host(self, "client")
-        self.backends = {role: Host(self, role) for role in BACKENDS}
-        self.nodes = {role: Node(self, role) for role in NODES}
+        owner = project or self
+        self.cloud = owner.cloud if project else Host(self, "cloud")
+        self.client = owner.client if project else Host(self, "client")
+        self.backends = owner.backends if project else {r: Host(self, r) for r in BACKENDS}
+        # Where the cloud keeps its files: the route log, the backends' certificate.
+        self.cloud_dir = owner.workdir
+        self.nodes = {role: Node(self, role) for role in self.node_addresses}
         self.token = None
         self.api = None
         self.servers = {}
         self.floating_ips = {}  # name -> address (as the API writes it) of the pillar's
-        self.floating_ip_ids = set()
+        self.floating_ip_addresses = {}  # address (as the API writes it) -> ID
         self.alias_ips = []
         self.groups = {}
         self.processes = {}
@@ -389,6 +433,10 @@ class Lab:
     def hosts(self):
         return [self.cloud, self.client, *self.backends.values(), *self.nodes.values()]
 
+    def own_hosts(self):
+        """The hosts this lab made, and removes: a joining pair's are its nodes."""
+        return list(self.nodes.values()) if self.project else self.hosts()
+
     def up(self):
         """Build everything and apply the formula; on any failure, tear down and raise."""
         self.down(quiet=True)
@@ -397,10 +445,15 @@ class Lab:
             self.workdir.mkdir(parents=True, mode=0o700)
             if self.pillar_files is not None:
                 self._write_pillar_files()
-            self._wire()
-            self._start_cloud()
+            if self.project:
+                self._join_cloud()
+            else:
+                self._wire()
+                self._start_cloud()
+                self._populate()
             self._build_project()
-            self._start_backends()
+            if not self.project:
+                self._start_backends()
             for node in self.nodes.values():
                 node.start()
             self._start_local_backends()
@@ -430,7 +483,7 @@ class Lab:
         """Remove every process, namespace and file of the lab (by its name, also a crashed one)."""
         for node in self.nodes.values():
             self._kill_node(node)
-        for host in self.hosts():
+        for host in self.own_hosts():
             self._kill_netns_processes(host.netns)
             run(["ip", "netns", "del", host.netns], check=False)
         for process in self.processes.values():
@@ -463,7 +516,7 @@ class Lab:
     # ---- network ---------------------------------------------------------------------
 
     def _wire(self):
-        for host in self.hosts():
+        for host in self.own_hosts():
             run(["ip", "netns", "add", host.netns])
             run(["ip", "-n", host.netns, "link", "set", "lo", "up"])
         cloud = self.cloud.netns
@@ -581,7 +634,7 @@ class Lab:
         # The emulator runs this in the cloud namespace each time an address
         # changes holder: the route follows the API state at once.
         hook = self.workdir / "route-hook"
-        hook.write_text(ROUTE_HOOK.format(events=self.workdir / "routes.log"))
+        hook.write_text(ROUTE_HOOK.format(events=self.cloud_dir / "routes.log"))
         argv = [
             str(VENV_BIN / "python"),
             str(TEST_DIR / "fakecloud"),
@@ -621,6 +674,22 @@ class Lab:
         _wait(lambda: _responds(self.api), 20, "the emulator did not answer")
         (self.workdir / "api_port").write_text(str(port))
 
+    def _join_cloud(self):
+        """The project's cloud, for a pair that joins it: its token, API and namespaces."""
+        for node in self.nodes.values():
+            run(["ip", "netns", "add", node.netns])
+            run(["ip", "-n", node.netns, "link", "set", "lo", "up"])
+        self.token, self.api = self.project.token, self.project.api
+        token_file = self.workdir / "token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(self.token)
+        (self.workdir / "api_port").write_text((self.project.workdir / "api_port").read_text())
+
+    def _populate(self):
+        """The crowd beside the load balancer, as a real project holds."""
+        if self.crowd:
+            self.api.populate(**self.crowd)
+
     def _call(self, method, path, body=None):
         """One API request; a LabError saying what the API answered unless it succeeded."""
         response = self.api.api(method, path, body)
@@ -640,10 +709,10 @@ class Lab:
     # ---- the project, from the pillar -------------------------------------------------
 
     def _build_project(self):
-        """The project the pillar describes: its floating IPs, the private network, lb1 and lb2."""
+        """The project the pillar describes: its floating IPs, the private network, the nodes."""
         self._create_floating_ips()
-        network = self._create_network()
-        for role, private in NODES.items():
+        network = self._find_network() if self.project else self._create_network()
+        for role, private in self.node_addresses.items():
             self.servers[role] = self.api.create_server(role)
             self.api.attach_server(self.servers[role]["id"], network["id"], ip=private)
             public = self.servers[role]["public_net"]["ipv4"]["ip"]
@@ -769,6 +838,15 @@ class Lab:
             )
         return self._call("PUT", f"/networks/{wanted}", {"name": PRIVATE_NETWORK})["network"]
 
+    def _find_network(self):
+        """The joined project's private network, which this pair's alias IPs are in."""
+        names = list(self.settings.get("alias_ips") or {}) if self._alias_mapping() else []
+        name = str(names[0]) if names else PRIVATE_NETWORK
+        found = [n for n in self._list("networks") if name in (n["name"], str(n["id"]))]
+        if not found:
+            raise LabError(f"the project has no network {name} for this pair to join")
+        return found[0]
+
     @contextlib.contextmanager
     def _unmetered(self):
         """
@@ -809,12 +887,12 @@ class Lab:
         """What the lab observes, from the pillar and the project: addresses and groups."""
         settings = self.settings if isinstance(self.settings, dict) else {}
         fips = self._list("floating_ips")
-        self.floating_ips, self.floating_ip_ids = {}, set()
+        self.floating_ips, self.floating_ip_addresses = {}, {}
         for want in _wanted_floating_ips(settings):
             fip = next((f for f in fips if want.matches(f)), None)
             if fip:
                 self.floating_ips[fip["name"]] = fip["ip"]
-                self.floating_ip_ids.add(fip["id"])
+                self.floating_ip_addresses[fip["ip"]] = fip["id"]
         self.alias_ips = []
         for entry in (settings.get("alias_ips") or {}).values() if self._alias_mapping() else ():
             ips = entry.get("ips") if isinstance(entry, dict) else None
@@ -905,11 +983,11 @@ class Lab:
     @property
     def certificate(self):
         """The backends' self-signed certificate, which the client trusts."""
-        return self.workdir / "backend-cert.pem"
+        return self.cloud_dir / "backend-cert.pem"
 
     def _certificate(self):
         """backend.py's options for TLS, made once: the certificate and its key."""
-        key = self.workdir / "backend-key.pem"
+        key = self.cloud_dir / "backend-key.pem"
         if not self.certificate.exists():
             run(
                 [
@@ -1065,7 +1143,7 @@ class Lab:
             "log_file": str(config / "log"),
         }
         (config / "minion").write_text(yaml.safe_dump(minion))
-        argv = [str(VENV_BIN / "python"), "-c", COMPILE_PILLAR, str(config / "minion"), *NODES]
+        argv = [str(VENV_BIN / "python"), "-c", COMPILE_PILLAR, str(config / "minion"), *self.nodes]
         compiled = json.loads(run(argv).stdout)
         for role, pillar in compiled.items():
             if pillar.get("_errors"):
@@ -1075,8 +1153,8 @@ class Lab:
             raise LabError(f"the pillar files give the nodes different pillars: {compiled}")
         if not isinstance(first.get("hcloud_lb"), dict):
             raise LabError(
-                f"the pillar files give {next(iter(NODES))} no hcloud_lb mapping: does the "
-                f"top file target the lab's nodes ({', '.join(NODES)})? It got {first}"
+                f"the pillar files give {next(iter(self.nodes))} no hcloud_lb mapping: does "
+                f"the top file target the lab's nodes ({', '.join(self.nodes)})? It got {first}"
             )
         return _whole_pillar(first)
 
@@ -1164,7 +1242,7 @@ class Lab:
             returns = json.loads(result.stdout) if result.stdout.strip() else {}
         except json.JSONDecodeError:
             returns = {}
-        expected = set(NODES) if target == "*" else {target}
+        expected = set(self.nodes) if target == "*" else {target}
         ok = result.returncode == 0 and expected <= set(returns)
         return {"ok": ok, "returns": returns, "output": result.stdout + result.stderr}
 
@@ -1213,17 +1291,14 @@ class Lab:
         ``alias``, the alias IPs too.
         """
         by_id = {server["id"]: role for role, server in self.servers.items()}
+        # The emulator's own view: the lab watching must not spend the
+        # project's rate limit, which the nodes' failovers share.
+        holders = self.api.holders()
         found = {}
-        for fip in self._list("floating_ips"):
-            if fip["id"] in self.floating_ip_ids:
-                found[fip["ip"]] = by_id.get(fip["server"])
-        if alias and self.alias_ips:
-            found.update(dict.fromkeys(self.alias_ips))
-            for server in self._list("servers"):
-                for entry in server["private_net"]:
-                    for ip in entry["alias_ips"]:
-                        if ip in found and server["id"] in by_id:
-                            found[ip] = by_id[server["id"]]
+        for address, fip_id in self.floating_ip_addresses.items():
+            found[address] = by_id.get(holders["floating_ips"].get(str(fip_id)))
+        for ip in self.alias_ips if alias else ():
+            found[ip] = by_id.get(holders["alias_ips"].get(ip))
         return found
 
     def all_on(self, role):
@@ -1303,14 +1378,14 @@ class Lab:
 
     def cut_vrrp(self):
         """The cloud drops everything between the nodes' private addresses (both ways)."""
-        a, b = NODES.values()
+        a, b = self.node_addresses.values()
         for source, target in ((a, b), (b, a)):
             self.cloud.run(
                 "ip", "rule", "add", "from", source, "to", target, "prohibit", check=True
             )
 
     def heal_vrrp(self):
-        a, b = NODES.values()
+        a, b = self.node_addresses.values()
         for source, target in ((a, b), (b, a)):
             self.cloud.run("ip", "rule", "del", "from", source, "to", target, "prohibit")
 
@@ -1391,9 +1466,10 @@ class Lab:
         words = answer.split() if isinstance(answer, str) else []
         if len(words) < 3 or words[1] != "via":
             return None
-        if words[0] in NODES and words[2] in LOOPBACK:
+        if words[0] in self.nodes and words[2] in LOOPBACK:
             return words[0]
-        return next((role for role, private in NODES.items() if words[2] == private), None)
+        addresses = self.node_addresses.items()
+        return next((role for role, private in addresses if words[2] == private), None)
 
     def api_events(self, since_time=0.0):
         return [e for e in self.api.events()["events"] if e["time"] >= since_time]
@@ -1405,7 +1481,7 @@ class Lab:
         Stamped once the route is in place, a few milliseconds after the API
         event that caused it: the moment traffic can follow.
         """
-        log = self.workdir / "routes.log"
+        log = self.cloud_dir / "routes.log"
         events = []
         for line in log.read_text().splitlines() if log.exists() else []:
             stamp, _kind, ip, *via = line.split()
@@ -1417,7 +1493,7 @@ class Lab:
     def role_at(self, address):
         """The node whose public or private address ``address`` is, if any."""
         for role, server in self.servers.items():
-            if address in (server["public_net"]["ipv4"]["ip"], NODES[role]):
+            if address in (server["public_net"]["ipv4"]["ip"], self.node_addresses[role]):
                 return role
         return None
 
