@@ -22,6 +22,7 @@ demo: bootstrap
 
 bench: bench-cost
 	$(BIN)/python test/bench/failover_lab.py
+	$(BIN)/python test/bench/project_lab.py
 
 bench-cost: bootstrap
 	$(BIN)/python test/bench/failover_cost.py
