@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ import json, os
 tick = os.sysconf("SC_CLK_TCK")
 found = {}
 for pid in filter(str.isdigit, os.listdir("/proc")):
+    if pid == str(os.getpid()):
+        continue  # the snapshot itself
     try:
         stat = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
         cmdline = open(f"/proc/{pid}/cmdline").read().replace("\\0", " ")
@@ -80,13 +83,14 @@ def parse_args():
 
 def pair_pillar(pair):
     pillar = default_pillar(pair=pair)
-    del pillar["hcloud_lb"]["hook"]["reassert_interval"]  # the formula's default
+    del pillar["hcloud_lb"]["hook"]  # the formula's defaults: as production runs it
     return pillar
 
 
-def bring_up(name):
+def bring_up(name, labs):
+    """The three pairs, each added to ``labs`` before it comes up (to be torn down)."""
     first = Lab(f"{name}0", pillar=pair_pillar(0), crowd=CROWD)
-    labs = [first]
+    labs.append(first)
     first.up()
     for pair in (1, 2):
         lab = Lab(
@@ -94,7 +98,6 @@ def bring_up(name):
         )
         labs.append(lab)
         lab.up()
-    return labs
 
 
 def process_times(node):
@@ -307,7 +310,7 @@ def main():
     try:
         print(f"== three pairs in a crowded project, at rest for {args.rest:g} s", flush=True)
         started = time.monotonic()
-        labs = bring_up(args.name)
+        bring_up(args.name, labs)
         print(f"   up in {time.monotonic() - started:.0f} s", flush=True)
         elapsed, rows = at_rest(labs, args.rest)
         for lab, row in zip(labs, rows, strict=True):
@@ -315,7 +318,7 @@ def main():
         first = labs[0]
         salt_call_cpu = salt_call_reassert_cpu(first, rows[0]["master"])
         restarts = [agent_restart(first, rows[0]["master"]) for _ in range(args.restarts)]
-    except LabError as exc:
+    except (LabError, subprocess.CalledProcessError) as exc:
         print(f"the benchmark failed: {exc}")
         return 1
     finally:
