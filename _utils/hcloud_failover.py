@@ -541,8 +541,7 @@ def _backoff(attempt, clock, requests_next=1):
     if _RateLimit.last:
         limit, remaining, reset = _RateLimit.last
         if remaining <= 0 and limit > 0:
-            # The bucket refills evenly until Reset: one request's worth takes this long.
-            per_request = (reset - time.time()) / limit
+            per_request = _seconds_per_refill(limit, remaining, reset)
             delay = max(delay, per_request * max(attempt + 1, requests_next))
     time.sleep(max(0.0, min(delay, clock.remaining())))
 
@@ -558,6 +557,11 @@ def _refill_wait():
     limit, remaining, reset = _RateLimit.last
     if remaining >= LOW_BUDGET or limit <= 0:
         return 0.0
+    return _seconds_per_refill(limit, remaining, reset)
+
+
+def _seconds_per_refill(limit, remaining, reset):
+    """The bucket refills evenly until Reset: one request's worth takes this long."""
     return max(0.0, reset - time.time()) / max(1, limit - remaining)
 
 
@@ -2222,7 +2226,7 @@ def _reassert_pause(interval, reserve, rate=None):
         return interval
     if remaining >= reserve:
         return min(MAX_REASSERT_PAUSE, 2 * interval)
-    per_request = max(0.0, reset - time.time()) / max(1, limit - remaining)
+    per_request = _seconds_per_refill(limit, remaining, reset)
     return min(MAX_REASSERT_PAUSE, max(interval, (reserve - remaining) * per_request))
 
 
